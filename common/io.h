@@ -18,19 +18,19 @@
 #include <stddef.h>
 
 typedef enum IoEvent {
-        IO_EV_REFBLOCK_UPDATE,   /* refcount block write (raise or lower) */
-        IO_EV_REFTABLE_UPDATE,   /* refcount table entry write */
-        IO_EV_REFTABLE_WRITE,    /* whole refcount table written to a new place */
-        IO_EV_L1_UPDATE,         /* L1 entry write */
-        IO_EV_L1_WRITE,          /* whole L1 table written to a new place */
-        IO_EV_L2_UPDATE,         /* L2 entries rewritten in place */
-        IO_EV_L2_WRITE,          /* L2 table copied to a new place */
-        IO_EV_DATA_COPY,         /* data cluster copied to a new place */
-        IO_EV_HEADER_UPDATE,     /* header field group rewritten */
-        IO_EV_SNAPSHOT_UPDATE,   /* snapshot table / entry write */
-        IO_EV_BITMAP_UPDATE,     /* bitmap directory / table write */
-        IO_EV_TRUNCATE,          /* file truncated */
-        IO_EV_FLUSH,             /* a barrier */
+        IO_EV_REFBLOCK_UPDATE, /* refcount block write (raise or lower) */
+        IO_EV_REFTABLE_UPDATE, /* refcount table entry write */
+        IO_EV_REFTABLE_WRITE,  /* whole refcount table written to a new place */
+        IO_EV_L1_UPDATE,       /* L1 entry write */
+        IO_EV_L1_WRITE,        /* whole L1 table written to a new place */
+        IO_EV_L2_UPDATE,       /* L2 entries rewritten in place */
+        IO_EV_L2_WRITE,        /* L2 table copied to a new place */
+        IO_EV_DATA_COPY,       /* data cluster copied to a new place */
+        IO_EV_HEADER_UPDATE,   /* header field group rewritten */
+        IO_EV_SNAPSHOT_UPDATE, /* snapshot table / entry write */
+        IO_EV_BITMAP_UPDATE,   /* bitmap directory / table write */
+        IO_EV_TRUNCATE,        /* file truncated */
+        IO_EV_FLUSH,           /* a barrier */
         _IO_EV_MAX,
 } IoEvent;
 
@@ -64,8 +64,8 @@ typedef struct IoOps {
 
 struct IoBackend {
         const IoOps *ops;
-        IoBackend *next;         /* the layer below (filters), or NULL */
-        void *userdata;          /* backend private state */
+        IoBackend *next; /* the layer below (filters), or NULL */
+        void *userdata;  /* backend private state */
 };
 
 /* Thin dispatchers. */
@@ -90,6 +90,18 @@ static inline void io_freep(IoBackend **io) {
  * Filters pass calls they do not implement to io->next with these helpers.
  */
 int io_next_pread(IoBackend *io, void *buf, size_t len, uint64_t off);
+
+/*
+ * For backend implementers. A NULL op in a layer that has io->next set is passed to the layer
+ * below by the dispatchers; the NULL defaults documented in IoOps apply to the bottom layer.
+ *
+ * io_backend_new() allocates a layer with ops (borrowed, normally static) and userdata on top
+ * of next (NULL for a bottom layer). On success the layer owns userdata and next; on failure
+ * (NULL, only ENOMEM) the caller still does. io_free() calls ops->close, which releases
+ * userdata (never the IoBackend or io->next), then frees the IoBackend itself and goes on
+ * with next; so every layer must come from io_backend_new().
+ */
+IoBackend *io_backend_new(const IoOps *ops, void *userdata, IoBackend *next);
 
 /* ---- io-posix: a real file ---- */
 
@@ -133,20 +145,20 @@ typedef enum IoFaultOp {
         IO_FAULT_OP_PWRITE,
         IO_FAULT_OP_FLUSH,
         IO_FAULT_OP_TRUNCATE,
-        IO_FAULT_OP_EVENT,       /* fail at the named event (.event) */
+        IO_FAULT_OP_EVENT, /* fail at the named event (.event) */
         _IO_FAULT_OP_MAX,
 } IoFaultOp;
 
 typedef struct IoFaultSpec {
         IoFaultOp op;
-        IoEvent event;           /* for IO_FAULT_OP_EVENT */
-        uint64_t nth;            /* fail the nth matching call (1-based) */
-        int error;               /* positive errno to return, e.g. EIO or ENOSPC */
-        bool always;             /* keep failing every matching call after the nth */
-        bool short_write;        /* for pwrite: write half the buffer, then fail */
+        IoEvent event;    /* for IO_FAULT_OP_EVENT */
+        uint64_t nth;     /* fail the nth matching call (1-based) */
+        int error;        /* positive errno to return, e.g. EIO or ENOSPC */
+        bool always;      /* keep failing every matching call after the nth */
+        bool short_write; /* for pwrite: write half the buffer, then fail */
 } IoFaultSpec;
 
-/* Wraps `below` (takes ownership). */
+/* Wraps `below` (takes ownership on success; on failure the caller still owns it). */
 int io_fault_new(IoBackend *below, const IoFaultSpec *spec, IoBackend **ret);
 /* How many faults were injected so far. */
 uint64_t io_fault_injected(IoBackend *io);
@@ -163,13 +175,16 @@ typedef enum IoLogKind {
 
 typedef struct IoLogEntry {
         IoLogKind kind;
-        uint64_t off;            /* write/punch offset, truncate size */
-        uint64_t len;            /* write/punch length */
-        uint8_t *data;           /* write payload (owned by the log) */
-        IoEvent event;           /* for IO_LOG_EVENT */
+        uint64_t off;  /* write/punch offset, truncate size */
+        uint64_t len;  /* write/punch length */
+        uint8_t *data; /* write payload (owned by the log) */
+        IoEvent event; /* for IO_LOG_EVENT */
 } IoLogEntry;
 
-/* Wraps `below` (takes ownership) and records every mutation that reaches it. */
+/*
+ * Wraps `below` (takes ownership on success; on failure the caller still owns it) and records
+ * every mutation that reaches it and that the layer below completed.
+ */
 int io_log_new(IoBackend *below, IoBackend **ret);
-/* Borrowed array of entries, valid until io_free. */
+/* Borrowed array of entries, valid until the next operation recorded through io or io_free. */
 const IoLogEntry *io_log_entries(IoBackend *io, size_t *ret_n);
