@@ -36,10 +36,17 @@ int log_internal(int level, int error, const char *file, int line, const char *f
         va_end(ap);
 
         if (level >= LOG_DEBUG)
-                (void) fprintf(stderr, "%s%s%s:%d: %s\n", program_name ?: "", program_name ? ": " : "",
-                               file, line, buf);
+                (void) fprintf(
+                        stderr,
+                        "%s%s%s:%d: %s\n",
+                        program_name ?: "",
+                        program_name ? ": " : "",
+                        file,
+                        line,
+                        buf);
         else
-                (void) fprintf(stderr, "%s%s%s\n", program_name ?: "", program_name ? ": " : "", buf);
+                (void) fprintf(
+                        stderr, "%s%s%s\n", program_name ?: "", program_name ? ": " : "", buf);
         errno = saved;
         return r;
 }

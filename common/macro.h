@@ -25,49 +25,54 @@
 #define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
 
 /* Returns the value of *p and sets *p to NULL: hands ownership from a _cleanup_ local. */
-#define TAKE_PTR(p)                                                                                \
-        ({                                                                                         \
-                __typeof__(p) *_pp_ = &(p);                                                        \
-                __typeof__(p) _p_ = *_pp_;                                                         \
-                *_pp_ = NULL;                                                                      \
-                _p_;                                                                               \
+#define TAKE_PTR(p)                         \
+        ({                                  \
+                __typeof__(p) *_pp_ = &(p); \
+                __typeof__(p) _p_ = *_pp_;  \
+                *_pp_ = NULL;               \
+                _p_;                        \
         })
 
-#define TAKE_FD(fd)                                                                                \
-        ({                                                                                         \
-                int *_pfd_ = &(fd);                                                                \
-                int _fd_ = *_pfd_;                                                                 \
-                *_pfd_ = -1;                                                                       \
-                _fd_;                                                                              \
+#define TAKE_FD(fd)                 \
+        ({                          \
+                int *_pfd_ = &(fd); \
+                int _fd_ = *_pfd_;  \
+                *_pfd_ = -1;        \
+                _fd_;               \
         })
 
-#define MIN(a, b)                                                                                  \
-        ({                                                                                         \
-                __typeof__(a) _a_ = (a);                                                           \
-                __typeof__(b) _b_ = (b);                                                           \
-                _a_ < _b_ ? _a_ : _b_;                                                             \
+#define MIN(a, b)                        \
+        ({                               \
+                __typeof__(a) _a_ = (a); \
+                __typeof__(b) _b_ = (b); \
+                _a_ < _b_ ? _a_ : _b_;   \
         })
-#define MAX(a, b)                                                                                  \
-        ({                                                                                         \
-                __typeof__(a) _a_ = (a);                                                           \
-                __typeof__(b) _b_ = (b);                                                           \
-                _a_ > _b_ ? _a_ : _b_;                                                             \
+#define MAX(a, b)                        \
+        ({                               \
+                __typeof__(a) _a_ = (a); \
+                __typeof__(b) _b_ = (b); \
+                _a_ > _b_ ? _a_ : _b_;   \
         })
 
-#define DIV_ROUND_UP(x, y) (((x) + (y) - 1) / (y))
-#define ALIGN_DOWN(x, a) ((x) & ~((__typeof__(x)) (a) - 1))
-#define ALIGN_UP(x, a) ALIGN_DOWN((x) + (a) - 1, (a))
-#define IS_ALIGNED(x, a) (((x) & ((__typeof__(x)) (a) - 1)) == 0)
+#define DIV_ROUND_UP(x, y) (((x) + (y) -1) / (y))
+#define ALIGN_DOWN(x, a) ((x) & ~((__typeof__(x)) (a) -1))
+#define ALIGN_UP(x, a) ALIGN_DOWN((x) + (a) -1, (a))
+#define IS_ALIGNED(x, a) (((x) & ((__typeof__(x)) (a) -1)) == 0)
 
 /* Overflow-checked arithmetic: true when the result overflowed (then *r is unspecified). */
 #define ADD_OVERFLOW(a, b, r) __builtin_add_overflow((a), (b), (r))
 #define MUL_OVERFLOW(a, b, r) __builtin_mul_overflow((a), (b), (r))
 
-#define DEFINE_TRIVIAL_CLEANUP_FUNC(type, func)                                                    \
-        static inline void func##p(type *p) {                                                      \
-                if (*p)                                                                            \
-                        *p = func(*p);                                                             \
+#define DEFINE_TRIVIAL_CLEANUP_FUNC(type, func) \
+        static inline void func##p(type *p) {   \
+                if (*p)                         \
+                        *p = func(*p);          \
         }
+
+static inline void *mfree(void *p) {
+        free(p);
+        return NULL;
+}
 
 static inline void freep(void *p) {
         free(*(void **) p);
@@ -92,5 +97,5 @@ static inline int negative_errno(void) {
 static inline bool ERRNO_IS_NOT_SUPPORTED(int r) {
         int e = r < 0 ? -r : r;
         return e == EOPNOTSUPP || e == ENOTTY || e == ENOSYS || e == EAFNOSUPPORT ||
-               e == EPFNOSUPPORT || e == EPROTONOSUPPORT || e == ESOCKTNOSUPPORT || e == EINVAL;
+                e == EPFNOSUPPORT || e == EPROTONOSUPPORT || e == ESOCKTNOSUPPORT || e == EINVAL;
 }

@@ -56,19 +56,19 @@ typedef struct Qcow2Info {
         uint32_t refcount_bits;
         uint64_t virtual_size;
         uint64_t file_size;
-        uint64_t allocated_bytes;         /* host clusters with refcount > 0, in bytes */
-        uint64_t data_clusters;           /* guest clusters with a host cluster (normal + zero-alloc) */
-        uint64_t zero_data_clusters;      /* of those, reading as all zeros (needs scan) */
-        uint64_t zero_flag_clusters;      /* entries that read as zeros without a host cluster */
+        uint64_t allocated_bytes;    /* host clusters with refcount > 0, in bytes */
+        uint64_t data_clusters;      /* guest clusters with a host cluster (normal + zero-alloc) */
+        uint64_t zero_data_clusters; /* of those, reading as all zeros (needs scan) */
+        uint64_t zero_flag_clusters; /* entries that read as zeros without a host cluster */
         uint64_t compressed_clusters;
         uint64_t l2_tables;
-        uint64_t leaked_clusters;         /* refcount > references */
+        uint64_t leaked_clusters; /* refcount > references */
         uint32_t snapshots;
         uint32_t bitmaps;
         bool extended_l2;
         bool lazy_refcounts;
         bool has_backing_file;
-        char backing_file[1024];          /* "" when none */
+        char backing_file[1024]; /* "" when none */
         char backing_format[64];
         bool preallocated;
         bool scanned;                     /* zero_data_clusters is exact */
@@ -79,7 +79,7 @@ typedef struct Qcow2Info {
 } Qcow2Info;
 
 typedef struct Qcow2InspectOptions {
-        bool scan;                        /* read data clusters to count the all-zero ones */
+        bool scan; /* read data clusters to count the all-zero ones */
         Qcow2ProgressFn progress;
         void *userdata;
 } Qcow2InspectOptions;
@@ -91,13 +91,14 @@ typedef struct Qcow2InspectOptions {
  * the metadata cannot even be walked (diag says why).
  * Memory: about 5 bytes per host cluster of the file.
  */
-int qcow2_inspect(Qcow2Image *img, const Qcow2InspectOptions *opts, Qcow2Info *ret, Qcow2Diag *diag);
+int qcow2_inspect(
+        Qcow2Image *img, const Qcow2InspectOptions *opts, Qcow2Info *ret, Qcow2Diag *diag);
 
 typedef struct Qcow2CompactOptions {
-        bool dry_run;            /* plan and report, write nothing */
-        bool force;              /* compact even an image that looks preallocated */
-        bool no_zero_pass;       /* only relocate (for tests) */
-        uint64_t batch_bytes;    /* data moved between two barriers; 0 = default (32 MiB) */
+        bool dry_run;         /* plan and report, write nothing */
+        bool force;           /* compact even an image that looks preallocated */
+        bool no_zero_pass;    /* only relocate (for tests) */
+        uint64_t batch_bytes; /* data moved between two barriers; 0 = default (32 MiB) */
         Qcow2ProgressFn progress;
         void *userdata;
 } Qcow2CompactOptions;
@@ -105,14 +106,14 @@ typedef struct Qcow2CompactOptions {
 typedef struct Qcow2CompactStats {
         uint64_t file_size_before;
         uint64_t file_size_after;
-        uint64_t clusters_zeroed;         /* data clusters dropped as all-zero (incl. zero-alloc) */
+        uint64_t clusters_zeroed; /* data clusters dropped as all-zero (incl. zero-alloc) */
         uint64_t l2_tables_freed;
-        uint64_t clusters_moved;          /* host clusters relocated (data and metadata) */
+        uint64_t clusters_moved; /* host clusters relocated (data and metadata) */
         uint64_t bytes_moved;
-        uint64_t bytes_written;           /* every byte written, metadata included */
+        uint64_t bytes_written; /* every byte written, metadata included */
         uint64_t flushes;
         uint64_t leaks_repaired;
-        bool skipped_preallocated;        /* nothing done: the image looks preallocated */
+        bool skipped_preallocated; /* nothing done: the image looks preallocated */
         bool dry_run;
 } Qcow2CompactStats;
 
@@ -124,5 +125,5 @@ typedef struct Qcow2CompactStats {
  * ret->skipped_preallocated), or -errno (refusals before any write, see above; I/O errors
  * part-way leave a valid image that a re-run finishes).
  */
-int qcow2_compact(Qcow2Image *img, const Qcow2CompactOptions *opts, Qcow2CompactStats *ret,
-                  Qcow2Diag *diag);
+int qcow2_compact(
+        Qcow2Image *img, const Qcow2CompactOptions *opts, Qcow2CompactStats *ret, Qcow2Diag *diag);

@@ -1,0 +1,244 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The two entry points: qcow2_inspect() (read-only) and qcow2_compact() (pre-check, leak
+ * repair, zero pass, relocation passes, post-check).
+ */
+
+#include "qcow2-internal.h"
+
+#define MAX_PASSES 4
+
+static uint64_t count_used(const Qcow2Image *img) {
+        uint64_t n = 0;
+        for (uint64_t c = 0; c < img->nb_clusters; c++)
+                n += img->refcount[c] > 0;
+        return n;
+}
+
+/*
+ * "Looks preallocated": every guest cluster has a host cluster and host offsets follow guest
+ * offsets (qemu-img create -o preallocation=metadata|falloc|full lays clusters out linearly;
+ * a guest filling its disk does not).
+ */
+static bool looks_preallocated(const Qcow2Image *img) {
+        uint64_t guest_clusters = DIV_ROUND_UP(img->virtual_size, img->cluster_size);
+        return guest_clusters > 0 && img->guest_allocated == guest_clusters && img->guest_monotone;
+}
+
+static void fill_header_info(const Qcow2Image *img, Qcow2Info *info) {
+        info->format_version = img->version;
+        info->cluster_bits = img->cluster_bits;
+        info->cluster_size = img->cluster_size;
+        info->refcount_bits = img->refcount_bits;
+        info->virtual_size = img->virtual_size;
+        info->file_size = img->file_size;
+        info->snapshots = img->nb_snapshots;
+        info->bitmaps = img->has_bitmaps_ext ? img->nb_bitmaps : 0;
+        info->extended_l2 = img->l2_entry_size == 16;
+        info->lazy_refcounts = img->compat & QCOW2_COMPAT_LAZY_REFCOUNTS;
+        info->has_backing_file = img->backing_offset != 0;
+        snprintf(info->backing_file, sizeof(info->backing_file), "%s", img->backing_file);
+        snprintf(info->backing_format, sizeof(info->backing_format), "%s", img->backing_format);
+}
+
+int qcow2_inspect(
+        Qcow2Image *img, const Qcow2InspectOptions *opts, Qcow2Info *ret, Qcow2Diag *diag) {
+        Qcow2Info info = { 0 };
+        Qcow2Diag walk_diag = { { 0 } };
+        ZeroPassResult z = { 0 };
+        RelocResult rr = { 0 };
+        int r;
+
+        if (!img || !ret)
+                return -EINVAL;
+        img->progress = opts ? opts->progress : NULL;
+        img->progress_userdata = opts ? opts->userdata : NULL;
+
+        r = qcow2_walk(img, &walk_diag);
+        fill_header_info(img, &info);
+        if (r < 0) {
+                if (!qcow2_error_is_refusal(r))
+                        return qcow2_diag(diag, r, "%s", walk_diag.message);
+                /* Corrupt: report what the header says, and why compaction would refuse. */
+                info.compactable = false;
+                snprintf(info.refusal, sizeof(info.refusal), "%s", walk_diag.message);
+                info.compacted_size_estimate = img->file_size;
+                *ret = info;
+                return 0;
+        }
+
+        info.allocated_bytes = count_used(img) * img->cluster_size;
+        info.data_clusters = img->data_clusters + img->zero_alloc_clusters;
+        info.zero_flag_clusters = img->zero_plain_clusters;
+        info.compressed_clusters = img->compressed_clusters;
+        info.l2_tables = img->l2_tables;
+        info.leaked_clusters = img->leaked_clusters;
+        info.preallocated = looks_preallocated(img);
+        info.compactable = img->refusal_code == 0 && img->compressed_clusters == 0;
+        if (img->refusal_code)
+                snprintf(info.refusal, sizeof(info.refusal), "%s", img->refusal);
+        else if (img->compressed_clusters)
+                snprintf(
+                        info.refusal,
+                        sizeof(info.refusal),
+                        "the image has compressed clusters; compacting them is not supported yet");
+
+        /* Estimate by simulation: the same code as a real run, with writes turned off. */
+        info.zero_data_clusters = img->zero_alloc_clusters;
+        if (opts && opts->scan) {
+                r = qcow2_zero_pass(img, true, &z);
+                if (r < 0 && r != -EOPNOTSUPP)
+                        return qcow2_diag(
+                                diag, r, "scanning data clusters failed: %s", strerror(-r));
+                if (r >= 0) {
+                        info.zero_data_clusters = z.clusters_zeroed;
+                        info.scanned = true;
+                }
+        }
+        r = qcow2_relocate(img, true, 0, &rr, NULL);
+        if (r >= 0)
+                info.compacted_size_estimate =
+                        MIN(offset_of(img, rr.new_end_clusters), img->file_size);
+        else
+                info.compacted_size_estimate = img->file_size;
+        info.reclaimable_bytes = img->file_size - info.compacted_size_estimate;
+
+        img->walked = false; /* the simulation changed the in-memory map */
+        *ret = info;
+        return 0;
+}
+
+/* Re-reads everything from disk through a fresh image object and checks it. */
+static int post_check(Qcow2Image *img, Qcow2Diag *diag) {
+        _cleanup_(qcow2_closep) Qcow2Image *v = NULL;
+        Qcow2Diag d = { { 0 } };
+        int r;
+
+        r = qcow2_open(img->io, 0, &v, &d);
+        if (r >= 0)
+                r = qcow2_walk(v, &d);
+        if (r < 0)
+                return qcow2_diag(
+                        diag, r, "post-check failed (please report this bug): %s", d.message);
+        return 0;
+}
+
+static int clear_unknown_autoclear(Qcow2Image *img) {
+        uint8_t buf[8];
+        int r;
+
+        if (img->version < 3 || !(img->autoclear & ~QCOW2_AUTOCLEAR_KNOWN))
+                return 0;
+        /* spec: a writer that does not know an autoclear bit must clear it before writing */
+        img->autoclear &= QCOW2_AUTOCLEAR_KNOWN;
+        wr64(buf, img->autoclear);
+        r = qcow2_write(img, IO_EV_HEADER_UPDATE, buf, sizeof(buf), QCOW2_HDR_AUTOCLEAR);
+        if (r < 0)
+                return r;
+        return qcow2_flush(img);
+}
+
+int qcow2_compact(
+        Qcow2Image *img, const Qcow2CompactOptions *opts, Qcow2CompactStats *ret, Qcow2Diag *diag) {
+        static const Qcow2CompactOptions defaults = { 0 };
+        Qcow2CompactStats st = { 0 };
+        ZeroPassResult z = { 0 };
+        RelocResult rr = { 0 };
+        int r;
+
+        if (!img || !ret)
+                return -EINVAL;
+        if (!opts)
+                opts = &defaults;
+        img->progress = opts->progress;
+        img->progress_userdata = opts->userdata;
+        img->bytes_written = img->flushes = 0;
+        st.dry_run = opts->dry_run;
+        st.file_size_before = st.file_size_after = img->file_size;
+
+        if (img->refusal_code)
+                return qcow2_diag(diag, img->refusal_code, "%s", img->refusal);
+        if (!opts->dry_run && !(img->flags & QCOW2_OPEN_WRITE))
+                return -EROFS;
+
+        /* Pre-check: nothing is written before this passes. */
+        r = qcow2_walk(img, diag);
+        if (r < 0)
+                return r;
+        if (img->compressed_clusters)
+                return qcow2_diag(
+                        diag,
+                        -EOPNOTSUPP,
+                        "the image has compressed clusters; compacting them is not supported yet");
+        if (looks_preallocated(img) && !opts->force) {
+                st.skipped_preallocated = true;
+                *ret = st;
+                return 0;
+        }
+
+        if (opts->dry_run) {
+                if (!opts->no_zero_pass) {
+                        r = qcow2_zero_pass(img, true, &z);
+                        if (r < 0)
+                                return qcow2_diag(
+                                        diag, r, "scanning data clusters failed: %s", strerror(-r));
+                }
+                r = qcow2_relocate(img, true, opts->batch_bytes, &rr, diag);
+                if (r < 0)
+                        return r;
+                img->walked = false;
+                st.clusters_zeroed = z.clusters_zeroed;
+                st.l2_tables_freed = z.l2_tables_freed;
+                st.clusters_moved = rr.clusters_moved;
+                st.bytes_moved = rr.bytes_moved;
+                st.file_size_after = MIN(offset_of(img, rr.new_end_clusters), img->file_size);
+                *ret = st;
+                return 0;
+        }
+
+        r = clear_unknown_autoclear(img);
+        if (r < 0)
+                return qcow2_diag(diag, r, "cannot update the header: %s", strerror(-r));
+        r = qcow2_repair_leaks(img, &st.leaks_repaired);
+        if (r < 0)
+                return qcow2_diag(diag, r, "repairing leaked clusters failed: %s", strerror(-r));
+
+        if (!opts->no_zero_pass) {
+                r = qcow2_zero_pass(img, false, &z);
+                if (r < 0)
+                        return qcow2_diag(
+                                diag, r, "releasing zero clusters failed: %s", strerror(-r));
+                st.clusters_zeroed = z.clusters_zeroed;
+                st.l2_tables_freed = z.l2_tables_freed;
+        }
+
+        /*
+         * Relocation passes: a pass can leave a hole behind (a table run that straddled the
+         * new end moves whole); the next pass fills it. Each pass starts from a fresh walk.
+         */
+        for (int pass = 0; pass < MAX_PASSES; pass++) {
+                uint64_t before = img->nb_clusters;
+                if (pass > 0) {
+                        r = qcow2_walk(img, diag);
+                        if (r < 0)
+                                return r;
+                }
+                r = qcow2_relocate(img, false, opts->batch_bytes, &rr, diag);
+                if (r < 0)
+                        return r;
+                st.clusters_moved += rr.clusters_moved;
+                st.bytes_moved += rr.bytes_moved;
+                r = post_check(img, diag);
+                if (r < 0)
+                        return r;
+                if (img->nb_clusters >= before || rr.clusters_moved == 0)
+                        break;
+        }
+
+        img->walked = false;
+        st.file_size_after = img->file_size;
+        st.bytes_written = img->bytes_written;
+        st.flushes = img->flushes;
+        *ret = st;
+        return 0;
+}

@@ -1,0 +1,584 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The reference map: every owner of every host cluster (QCOW2-NOTES §1.10), counted the way
+ * `qemu-img check` counts them (QEMU's calculate_refcounts), then compared with the on-disk
+ * refcounts. Corruption (refcount below references, overlaps, misaligned or out-of-file
+ * references, reserved bits, COPIED mismatches) is refused with -EUCLEAN and a message naming
+ * the first problem; leaks are counted and repaired later by qcow2_repair_leaks().
+ */
+
+#include "qcow2-internal.h"
+
+typedef struct WalkCtx {
+        Qcow2Image *img;
+        Qcow2Diag *diag;
+        uint8_t *copied_set;   /* bitmap: referenced from the active tree with COPIED */
+        uint8_t *copied_clear; /* bitmap: referenced from the active tree without COPIED */
+        uint8_t *l2buf;
+        uint64_t last_host; /* for the preallocation heuristic */
+} WalkCtx;
+
+static inline void bit_set(uint8_t *bm, uint64_t i) {
+        bm[i / 8] |= (uint8_t) (1U << (i % 8));
+}
+static inline bool bit_get(const uint8_t *bm, uint64_t i) {
+        return bm[i / 8] & (1U << (i % 8));
+}
+
+void qcow2_walk_reset(Qcow2Image *img) {
+        img->refcount = mfree(img->refcount);
+        img->kind = mfree(img->kind);
+        img->rb_dirty_lo = mfree(img->rb_dirty_lo);
+        img->rb_dirty_hi = mfree(img->rb_dirty_hi);
+        img->rb_dirty_list = mfree(img->rb_dirty_list);
+        img->rb_dirty_n = 0;
+        img->walked = false;
+        img->leaked_clusters = img->leaks_past_eof = img->partial_leaks = 0;
+        img->data_clusters = img->zero_alloc_clusters = img->zero_plain_clusters = 0;
+        img->compressed_clusters = img->l2_tables = img->guest_allocated = 0;
+}
+
+static int add_ref(WalkCtx *ctx, uint64_t off, uint64_t len, ClusterKind kind) {
+        Qcow2Image *img = ctx->img;
+        uint64_t first, last;
+
+        if (len == 0)
+                return 0;
+        if (off + len < off || off >= QCOW2_MAX_HOST_OFFSET)
+                return qcow2_diag(
+                        ctx->diag,
+                        -EUCLEAN,
+                        "%s offset 0x%" PRIx64 " is invalid",
+                        cluster_kind_to_string(kind),
+                        off);
+        first = cluster_of(img, off);
+        last = cluster_of(img, off + len - 1);
+        if (last >= img->nb_clusters)
+                return qcow2_diag(
+                        ctx->diag,
+                        -EUCLEAN,
+                        "%s at 0x%" PRIx64 " lies past the end of the file (truncated image?)",
+                        cluster_kind_to_string(kind),
+                        off);
+        for (uint64_t c = first; c <= last; c++) {
+                if (img->kind[c] != CK_FREE && img->kind[c] != kind)
+                        return qcow2_diag(
+                                ctx->diag,
+                                -EUCLEAN,
+                                "cluster %" PRIu64 " (offset 0x%" PRIx64
+                                ") is used both as %s and as %s",
+                                c,
+                                offset_of(img, c),
+                                cluster_kind_to_string(img->kind[c]),
+                                cluster_kind_to_string(kind));
+                img->kind[c] = (uint8_t) kind;
+                if (img->refcount[c] == UINT32_MAX)
+                        return qcow2_diag(
+                                ctx->diag,
+                                -EUCLEAN,
+                                "cluster %" PRIu64 " has too many references",
+                                c);
+                img->refcount[c]++;
+        }
+        return 0;
+}
+
+static int note_copied(WalkCtx *ctx, uint64_t off, bool copied) {
+        uint64_t c = cluster_of(ctx->img, off);
+        bit_set(copied ? ctx->copied_set : ctx->copied_clear, c);
+        return 0;
+}
+
+int qcow2_read_l2(Qcow2Image *img, uint64_t off, uint8_t *buf) {
+        return io_pread(img->io, buf, img->cluster_size, off);
+}
+
+static int walk_l2(WalkCtx *ctx, uint64_t l1_index, const uint8_t *l2, bool active) {
+        Qcow2Image *img = ctx->img;
+        uint64_t reserved =
+                L2E_STD_RESERVED_MASK | (img->l2_entry_size == 16 ? QCOW_OFLAG_ZERO : 0);
+        int r;
+
+        for (uint64_t j = 0; j < img->l2_entries; j++) {
+                uint64_t e = rd64(l2 + j * img->l2_entry_size);
+                L2Type t = qcow2_l2_type(img, e);
+                uint64_t off = e & L2E_OFFSET_MASK;
+
+                if (t == L2_COMPRESSED) {
+                        uint64_t coff, clen;
+                        if (e & QCOW_OFLAG_COPIED)
+                                return qcow2_diag(
+                                        ctx->diag,
+                                        -EUCLEAN,
+                                        "compressed cluster with COPIED flag (L1 index %" PRIu64
+                                        ")",
+                                        l1_index);
+                        qcow2_compressed_range(img, e, &coff, &clen);
+                        r = add_ref(ctx, coff, clen, CK_COMPRESSED);
+                        if (r < 0)
+                                return r;
+                        if (active)
+                                img->compressed_clusters++;
+                        continue;
+                }
+                if (img->version < 3 && (e & QCOW_OFLAG_ZERO))
+                        return qcow2_diag(ctx->diag, -EUCLEAN, "zero flag in a version 2 image");
+                if (e & reserved)
+                        return qcow2_diag(
+                                ctx->diag,
+                                -EUCLEAN,
+                                "L2 entry with reserved bits set: 0x%016" PRIx64,
+                                e);
+                if (img->l2_entry_size == 16) {
+                        uint64_t bm = rd64(l2 + j * 16 + 8);
+                        if ((bm & (bm >> 32)) & 0xffffffffULL)
+                                return qcow2_diag(
+                                        ctx->diag,
+                                        -EUCLEAN,
+                                        "subcluster both allocated and zero (L2 entry 0x%016" PRIx64
+                                        ")",
+                                        e);
+                        if (!off && (bm & 0xffffffffULL))
+                                return qcow2_diag(
+                                        ctx->diag,
+                                        -EUCLEAN,
+                                        "unallocated cluster with allocated subclusters");
+                }
+                switch (t) {
+                case L2_NORMAL:
+                case L2_ZERO_ALLOC:
+                        if (!IS_ALIGNED(off, img->cluster_size))
+                                return qcow2_diag(
+                                        ctx->diag,
+                                        -EUCLEAN,
+                                        "data cluster offset 0x%" PRIx64 " is not cluster aligned",
+                                        off);
+                        r = add_ref(ctx, off, img->cluster_size, CK_DATA);
+                        if (r < 0)
+                                return r;
+                        if (active) {
+                                note_copied(ctx, off, e & QCOW_OFLAG_COPIED);
+                                if (t == L2_NORMAL)
+                                        img->data_clusters++;
+                                else
+                                        img->zero_alloc_clusters++;
+                                img->guest_allocated++;
+                                if (off <= ctx->last_host)
+                                        img->guest_monotone = false;
+                                ctx->last_host = off;
+                        }
+                        break;
+                case L2_ZERO_PLAIN:
+                        if (active)
+                                img->zero_plain_clusters++;
+                        break;
+                default:
+                        break;
+                }
+        }
+        return 0;
+}
+
+static int walk_l1(WalkCtx *ctx, const uint64_t *l1, uint32_t l1_size, bool active) {
+        Qcow2Image *img = ctx->img;
+        int r;
+
+        for (uint32_t i = 0; i < l1_size; i++) {
+                uint64_t e = l1[i];
+                uint64_t off = e & L1E_OFFSET_MASK;
+
+                if (e & L1E_RESERVED_MASK)
+                        return qcow2_diag(
+                                ctx->diag,
+                                -EUCLEAN,
+                                "L1 entry %u has reserved bits set: 0x%016" PRIx64,
+                                i,
+                                e);
+                if (!off)
+                        continue;
+                if (!IS_ALIGNED(off, img->cluster_size))
+                        return qcow2_diag(
+                                ctx->diag,
+                                -EUCLEAN,
+                                "L2 table offset 0x%" PRIx64 " is not cluster aligned",
+                                off);
+                r = add_ref(ctx, off, img->cluster_size, CK_L2);
+                if (r < 0)
+                        return r;
+                if (active) {
+                        note_copied(ctx, off, e & QCOW_OFLAG_COPIED);
+                        img->l2_tables++;
+                }
+                r = qcow2_read_l2(img, off, ctx->l2buf);
+                if (r < 0)
+                        return qcow2_diag(
+                                ctx->diag,
+                                r,
+                                "cannot read L2 table at 0x%" PRIx64 ": %s",
+                                off,
+                                strerror(-r));
+                r = walk_l2(ctx, i, ctx->l2buf, active);
+                if (r < 0)
+                        return r;
+                if (active && (i & 63) == 0)
+                        qcow2_progress(img, "check", i, l1_size);
+        }
+        return 0;
+}
+
+static int walk_snapshots(WalkCtx *ctx) {
+        Qcow2Image *img = ctx->img;
+        int r;
+
+        for (uint32_t i = 0; i < img->nb_snapshots; i++) {
+                Snapshot *s = &img->snapshots[i];
+                _cleanup_free_ uint64_t *l1 = NULL;
+                uint64_t bytes = (uint64_t) s->l1_size * 8;
+
+                if (s->l1_size == 0)
+                        continue;
+                r = add_ref(ctx, s->l1_offset, ALIGN_UP(bytes, img->cluster_size), CK_SNAPSHOT_L1);
+                if (r < 0)
+                        return r;
+                l1 = malloc(bytes);
+                if (!l1)
+                        return -ENOMEM;
+                r = io_pread(img->io, l1, bytes, s->l1_offset);
+                if (r < 0)
+                        return qcow2_diag(
+                                ctx->diag, r, "cannot read a snapshot L1 table: %s", strerror(-r));
+                for (uint32_t k = 0; k < s->l1_size; k++)
+                        l1[k] = be64toh(l1[k]);
+                r = walk_l1(ctx, l1, s->l1_size, false);
+                if (r < 0)
+                        return r;
+        }
+        if (img->nb_snapshots > 0)
+                return add_ref(
+                        ctx,
+                        img->snapshots_offset,
+                        ALIGN_UP(img->snapshots_size, img->cluster_size),
+                        CK_SNAPSHOT_TABLE);
+        return 0;
+}
+
+static int walk_bitmaps(WalkCtx *ctx) {
+        Qcow2Image *img = ctx->img;
+        int r;
+
+        if (!img->bitmaps)
+                return 0;
+        r =
+                add_ref(ctx,
+                        img->bitmap_dir_offset,
+                        ALIGN_UP(img->bitmap_dir_size, img->cluster_size),
+                        CK_BITMAP_DIR);
+        if (r < 0)
+                return r;
+        for (uint32_t i = 0; i < img->nb_bitmaps; i++) {
+                Bitmap *b = &img->bitmaps[i];
+                _cleanup_free_ uint64_t *t = NULL;
+                uint64_t bytes = (uint64_t) b->table_size * 8;
+
+                if (bytes == 0)
+                        continue;
+                r = add_ref(
+                        ctx, b->table_offset, ALIGN_UP(bytes, img->cluster_size), CK_BITMAP_TABLE);
+                if (r < 0)
+                        return r;
+                t = malloc(bytes);
+                if (!t)
+                        return -ENOMEM;
+                r = io_pread(img->io, t, bytes, b->table_offset);
+                if (r < 0)
+                        return qcow2_diag(
+                                ctx->diag, r, "cannot read a bitmap table: %s", strerror(-r));
+                for (uint32_t k = 0; k < b->table_size; k++) {
+                        uint64_t e = be64toh(t[k]);
+                        if (e & BME_RESERVED_MASK)
+                                return qcow2_diag(
+                                        ctx->diag,
+                                        -EUCLEAN,
+                                        "bitmap table entry with reserved bits");
+                        if (e & BME_OFFSET_MASK) {
+                                r =
+                                        add_ref(ctx,
+                                                e & BME_OFFSET_MASK,
+                                                img->cluster_size,
+                                                CK_BITMAP_DATA);
+                                if (r < 0)
+                                        return r;
+                        }
+                }
+        }
+        return 0;
+}
+
+static int walk_refcount_structure(WalkCtx *ctx) {
+        Qcow2Image *img = ctx->img;
+        int r;
+
+        r =
+                add_ref(ctx,
+                        img->reftable_offset,
+                        (uint64_t) img->reftable_clusters * img->cluster_size,
+                        CK_REFTABLE);
+        if (r < 0)
+                return r;
+        for (uint64_t i = 0; i < img->reftable_entries; i++) {
+                uint64_t e = img->reftable[i];
+                uint64_t off = e & REFT_OFFSET_MASK;
+                if (e & REFT_RESERVED_MASK)
+                        return qcow2_diag(
+                                ctx->diag,
+                                -EUCLEAN,
+                                "refcount table entry %" PRIu64 " has reserved bits",
+                                i);
+                if (!off)
+                        continue;
+                if (!IS_ALIGNED(off, img->cluster_size))
+                        return qcow2_diag(
+                                ctx->diag,
+                                -EUCLEAN,
+                                "refcount block %" PRIu64 " is not cluster aligned",
+                                i);
+                if (off >= offset_of(img, img->nb_clusters))
+                        return qcow2_diag(
+                                ctx->diag,
+                                -EUCLEAN,
+                                "refcount block %" PRIu64 " is outside the image",
+                                i);
+                r = add_ref(ctx, off, img->cluster_size, CK_REFBLOCK);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static void mark_dirty_entry(Qcow2Image *img, uint64_t i, uint32_t e) {
+        if (img->rb_dirty_lo[i] >= img->rb_dirty_hi[i]) {
+                img->rb_dirty_list[img->rb_dirty_n++] = i;
+                img->rb_dirty_lo[i] = e;
+                img->rb_dirty_hi[i] = e + 1;
+        } else {
+                img->rb_dirty_lo[i] = MIN(img->rb_dirty_lo[i], e);
+                img->rb_dirty_hi[i] = MAX(img->rb_dirty_hi[i], e + 1);
+        }
+}
+
+/* Compare computed references with the on-disk refcounts (QEMU's compare_refcounts). */
+static int compare_refcounts(WalkCtx *ctx) {
+        Qcow2Image *img = ctx->img;
+        _cleanup_free_ uint8_t *block = malloc(img->cluster_size);
+        uint64_t nb_blocks_needed = DIV_ROUND_UP(img->nb_clusters, img->rb_entries);
+        int r;
+
+        if (!block)
+                return -ENOMEM;
+        for (uint64_t i = 0; i < MAX(nb_blocks_needed, img->reftable_entries); i++) {
+                uint64_t first = i << img->rb_bits;
+                uint64_t off = i < img->reftable_entries ? img->reftable[i] & REFT_OFFSET_MASK : 0;
+
+                if (!off) {
+                        /* No block: every cluster in its range must be unreferenced. */
+                        for (uint64_t c = first; c < MIN(first + img->rb_entries, img->nb_clusters);
+                             c++)
+                                if (img->refcount[c])
+                                        return qcow2_diag(
+                                                ctx->diag,
+                                                -EUCLEAN,
+                                                "cluster %" PRIu64
+                                                " refcount=0 reference=%u (no refcount block)",
+                                                c,
+                                                img->refcount[c]);
+                        continue;
+                }
+                r = io_pread(img->io, block, img->cluster_size, off);
+                if (r < 0)
+                        return qcow2_diag(
+                                ctx->diag,
+                                r,
+                                "cannot read refcount block %" PRIu64 ": %s",
+                                i,
+                                strerror(-r));
+                for (uint64_t e = 0; e < img->rb_entries; e++) {
+                        uint64_t c = first + e;
+                        uint64_t v = qcow2_refblock_get(img, block, e);
+                        if (c >= img->nb_clusters) {
+                                if (v) {
+                                        img->leaks_past_eof++;
+                                        mark_dirty_entry(img, i, (uint32_t) e);
+                                }
+                                continue;
+                        }
+                        uint64_t want = img->refcount[c];
+                        if (want > img->refcount_max)
+                                return qcow2_diag(
+                                        ctx->diag,
+                                        -EUCLEAN,
+                                        "cluster %" PRIu64 " has %" PRIu64
+                                        " references, more than %u-bit refcounts hold",
+                                        c,
+                                        want,
+                                        img->refcount_bits);
+                        if (v < want)
+                                return qcow2_diag(
+                                        ctx->diag,
+                                        -EUCLEAN,
+                                        "cluster %" PRIu64 " refcount=%" PRIu64
+                                        " reference=%" PRIu64,
+                                        c,
+                                        v,
+                                        want);
+                        if (img->kind[c] == CK_REFBLOCK && v != 1)
+                                return qcow2_diag(
+                                        ctx->diag,
+                                        -EUCLEAN,
+                                        "refcount block at cluster %" PRIu64
+                                        " has refcount %" PRIu64,
+                                        c,
+                                        v);
+                        if (v > want) {
+                                if (want == 0) {
+                                        img->leaked_clusters++;
+                                        mark_dirty_entry(img, i, (uint32_t) e);
+                                } else {
+                                        /* Referenced, but counted too high: keep it as it is. */
+                                        if (v > UINT32_MAX)
+                                                return qcow2_diag(
+                                                        ctx->diag,
+                                                        -EUCLEAN,
+                                                        "cluster %" PRIu64
+                                                        " has an absurd refcount",
+                                                        c);
+                                        img->refcount[c] = (uint32_t) v;
+                                        img->partial_leaks++;
+                                }
+                        }
+                }
+        }
+        return 0;
+}
+
+/* spec: COPIED "must be set iff the refcount is exactly 1" (active tree only). */
+static int check_copied(WalkCtx *ctx) {
+        Qcow2Image *img = ctx->img;
+
+        for (uint64_t c = 0; c < img->nb_clusters; c++) {
+                if (bit_get(ctx->copied_set, c) && img->refcount[c] != 1)
+                        return qcow2_diag(
+                                ctx->diag,
+                                -EUCLEAN,
+                                "OFLAG_COPIED set on %s cluster %" PRIu64 " with refcount %u",
+                                cluster_kind_to_string(img->kind[c]),
+                                c,
+                                img->refcount[c]);
+                if (bit_get(ctx->copied_clear, c) && img->refcount[c] == 1)
+                        return qcow2_diag(
+                                ctx->diag,
+                                -EUCLEAN,
+                                "OFLAG_COPIED missing on %s cluster %" PRIu64 " with refcount 1",
+                                cluster_kind_to_string(img->kind[c]),
+                                c);
+        }
+        return 0;
+}
+
+int qcow2_walk(Qcow2Image *img, Qcow2Diag *diag) {
+        _cleanup_free_ uint8_t *copied_set = NULL, *copied_clear = NULL, *l2buf = NULL;
+        WalkCtx ctx = { .img = img, .diag = diag };
+        uint64_t bitmap_bytes;
+        int r;
+
+        qcow2_walk_reset(img);
+        r = io_size(img->io, &img->file_size);
+        if (r < 0)
+                return r;
+        img->nb_clusters = size_to_clusters(img, img->file_size);
+        /* A reftable entry covers rb_entries clusters; bound what the walk may allocate. */
+        if (img->nb_clusters > (UINT64_C(1) << 34))
+                return qcow2_diag(
+                        diag,
+                        -EOPNOTSUPP,
+                        "image file too large to map (%" PRIu64 " clusters)",
+                        img->nb_clusters);
+
+        bitmap_bytes = DIV_ROUND_UP(img->nb_clusters, 8) + 1;
+        img->refcount = calloc(img->nb_clusters + 1, sizeof(uint32_t));
+        img->kind = calloc(img->nb_clusters + 1, 1);
+        img->rb_dirty_lo = calloc(img->reftable_entries + 1, sizeof(uint32_t));
+        img->rb_dirty_hi = calloc(img->reftable_entries + 1, sizeof(uint32_t));
+        img->rb_dirty_list = calloc(img->reftable_entries + 1, sizeof(uint64_t));
+        copied_set = calloc(1, bitmap_bytes);
+        copied_clear = calloc(1, bitmap_bytes);
+        l2buf = malloc(img->cluster_size);
+        if (!img->refcount || !img->kind || !img->rb_dirty_lo || !img->rb_dirty_hi ||
+            !img->rb_dirty_list || !copied_set || !copied_clear || !l2buf)
+                return -ENOMEM;
+        ctx.copied_set = copied_set;
+        ctx.copied_clear = copied_clear;
+        ctx.l2buf = l2buf;
+        img->guest_monotone = true;
+
+        r = add_ref(&ctx, 0, img->cluster_size, CK_HEADER);
+        if (r < 0)
+                return r;
+        if (img->l1_size > 0) {
+                r =
+                        add_ref(&ctx,
+                                img->l1_offset,
+                                ALIGN_UP((uint64_t) img->l1_size * 8, img->cluster_size),
+                                CK_L1);
+                if (r < 0)
+                        return r;
+        }
+        r = walk_l1(&ctx, img->l1, img->l1_size, true);
+        if (r < 0)
+                return r;
+        r = walk_snapshots(&ctx);
+        if (r < 0)
+                return r;
+        r = walk_bitmaps(&ctx);
+        if (r < 0)
+                return r;
+        if (img->has_crypto_ext && img->crypto_length > 0) {
+                r =
+                        add_ref(&ctx,
+                                img->crypto_offset,
+                                ALIGN_UP(img->crypto_length, img->cluster_size),
+                                CK_CRYPTO);
+                if (r < 0)
+                        return r;
+        }
+        r = walk_refcount_structure(&ctx);
+        if (r < 0)
+                return r;
+        r = compare_refcounts(&ctx);
+        if (r < 0)
+                return r;
+        r = check_copied(&ctx);
+        if (r < 0)
+                return r;
+        qcow2_progress(img, "check", img->l1_size, img->l1_size);
+        img->walked = true;
+        return 0;
+}
+
+int qcow2_repair_leaks(Qcow2Image *img, uint64_t *ret_repaired) {
+        int r;
+
+        if (img->rb_dirty_n == 0) {
+                *ret_repaired = 0;
+                return 0;
+        }
+        /* Lowering a refcount that nothing references can only remove a leak. */
+        r = qcow2_rc_write_dirty(img);
+        if (r < 0)
+                return r;
+        r = qcow2_flush(img);
+        if (r < 0)
+                return r;
+        *ret_repaired = img->leaked_clusters + img->leaks_past_eof;
+        img->leaked_clusters = img->leaks_past_eof = 0;
+        return 0;
+}
