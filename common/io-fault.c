@@ -55,11 +55,18 @@ static int fault_pwrite(IoBackend *io, const void *buf, size_t len, uint64_t off
         if (!fault_hit(f, IO_FAULT_OP_PWRITE, 0))
                 return io_pwrite(io->next, buf, len, off);
 
-        if (f->spec.short_write && len / 2 > 0) {
-                /* A torn write: the first half reaches the disk, the caller sees an error. */
-                r = io_pwrite(io->next, buf, len / 2, off);
-                if (r < 0)
-                        return r;
+        if (f->spec.short_write) {
+                /*
+                 * A torn write, as a disk can tear it: the whole 512-byte sectors before the
+                 * middle of the buffer land, the caller sees an error. Disks never tear inside
+                 * a sector (QEMU relies on that too), so neither does this.
+                 */
+                uint64_t cut = (off + len / 2) & ~(uint64_t) 511;
+                if (cut > off) {
+                        r = io_pwrite(io->next, buf, (size_t) (cut - off), off);
+                        if (r < 0)
+                                return r;
+                }
         }
         return -f->spec.error;
 }

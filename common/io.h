@@ -155,7 +155,7 @@ typedef struct IoFaultSpec {
         uint64_t nth;     /* fail the nth matching call (1-based) */
         int error;        /* positive errno to return, e.g. EIO or ENOSPC */
         bool always;      /* keep failing every matching call after the nth */
-        bool short_write; /* for pwrite: write half the buffer, then fail */
+        bool short_write; /* pwrite: land the sectors before the middle, then fail */
 } IoFaultSpec;
 
 /* Wraps `below` (takes ownership on success; on failure the caller still owns it). */

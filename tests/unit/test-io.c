@@ -872,19 +872,22 @@ static void test_fault_table(void **state) {
         }
 }
 
-/* A torn write: the first half reaches the layer below, the caller gets the error. */
+/*
+ * A torn write: the whole 512-byte sectors before the middle of the buffer reach the layer
+ * below, the caller gets the error. Nothing tears inside a sector.
+ */
 static void test_fault_short_write(void **state) {
         static const struct {
                 uint64_t off;
                 size_t len;
                 size_t size_after;
         } table[] = {
-                { 0, 16, 32 }, /* inside the file */
-                { 30, 8, 34 }, /* the half that lands grows the file */
-                { 40, 1, 32 }, /* half of 1 byte is nothing */
-                { 3, 5, 32 },  /* odd length: 2 bytes land */
+                { 0, 2048, 4096 },    /* 1024 bytes land, inside the file */
+                { 100, 1000, 4096 },  /* middle at 600: bytes 100..511 land */
+                { 3, 5, 4096 },       /* no sector boundary before the middle: nothing lands */
+                { 4096, 2048, 5120 }, /* the part that lands grows the file */
         };
-        uint8_t init[32] = { 0 };
+        uint8_t init[4096] = { 0 };
 
         for (size_t i = 0; i < ELEMENTSOF(table); i++) {
                 IoFaultSpec spec = {
@@ -892,7 +895,7 @@ static void test_fault_short_write(void **state) {
                 };
                 _cleanup_(io_freep) IoBackend *io = NULL;
                 IoBackend *mem = NULL;
-                uint8_t buf[16];
+                uint8_t buf[2048];
                 const uint8_t *d;
                 size_t n = 0;
 
@@ -904,8 +907,9 @@ static void test_fault_short_write(void **state) {
 
                 d = io_memory_data(mem, &n);
                 assert_int_equal(n, table[i].size_after);
+                uint64_t cut = (table[i].off + table[i].len / 2) & ~(uint64_t) 511;
                 for (size_t k = 0; k < n; k++) {
-                        bool written = k >= table[i].off && k < table[i].off + table[i].len / 2;
+                        bool written = k >= table[i].off && k < cut;
 
                         assert_int_equal(d[k], written ? 0xaa : 0x00);
                 }
@@ -1082,7 +1086,7 @@ static void test_log_with_faults(void **state) {
                 { IO_LOG_FLUSH },
         };
         static const LogExpect above[] = {
-                { IO_LOG_WRITE, 0, 4, "abcd" },
+                { IO_LOG_WRITE, 508, 4, "abcd" }, /* the sector before 512 lands */
         };
         IoFaultSpec write2 = { .op = IO_FAULT_OP_PWRITE, .nth = 2, .error = ENOSPC };
         IoFaultSpec ev = {
@@ -1112,7 +1116,7 @@ static void test_log_with_faults(void **state) {
         assert_int_equal(io_memory_new(NULL, 0, &mem), 0);
         assert_int_equal(io_log_new(mem, &log), 0);
         assert_int_equal(io_fault_new(log, &torn, &top), 0);
-        assert_int_equal(io_pwrite(top, "abcdefgh", 8, 0), -EIO);
+        assert_int_equal(io_pwrite(top, "abcdefgh", 8, 508), -EIO);
         assert_log(log, above, ELEMENTSOF(above));
 }
 

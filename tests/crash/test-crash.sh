@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: LGPL-2.1-or-later
+# Crash and fault sweeps at the library level over images made the way guests leave them.
+# Usage: test-crash.sh crash|faults CASE   (RECLAIM_TEST_LONG=1: every write state)
+set -euo pipefail
+mode=$1 case=$2
+command -v qemu-img >/dev/null && command -v qemu-io >/dev/null || exit 77
+: "${CRASH_SWEEP:?}"
+dir=$(mktemp -d "${TMPDIR:-/tmp}/reclaim-crash.XXXXXX")
+trap 'rm -rf "$dir"' EXIT
+cd "$dir"
+
+every=4
+[ "${RECLAIM_TEST_LONG:-0}" = 1 ] && every=1
+
+# Live data interleaved with real zeros, a zero-flagged range, a discard.
+mk_interleaved() { # size cluster_size pieces [create opts]
+        local size=$1 cs=$2 n=$3 opts=${4:-} cmds=() i  # size in bytes
+        qemu-img create -q -f qcow2 -o cluster_size=$cs${opts:+,$opts} img.qcow2 "$size"
+        local step=$(( size / n ))
+        for ((i = 0; i < n; i++)); do
+                cmds+=(-c "write -P $((i % 250 + 1)) $((i * step)) $((step / 4))")
+                cmds+=(-c "write -P 0 $((i * step + step / 4)) $((step / 2))")
+        done
+        qemu-io -f qcow2 "${cmds[@]}" img.qcow2 >/dev/null
+}
+
+case $case in
+interleaved-64k) mk_interleaved $((32 << 20)) 65536 16 ;;
+small-clusters-rb1) mk_interleaved $((4 << 20)) 4096 24 refcount_bits=1 ;;
+tiny-clusters) mk_interleaved $((1 << 20)) 512 12 ;;
+v2) mk_interleaved $((16 << 20)) 65536 12 compat=0.10 ;;
+backing)
+        qemu-img create -q -f qcow2 base.qcow2 16M
+        qemu-io -f qcow2 -c "write -P 0x55 0 16M" base.qcow2 >/dev/null
+        qemu-img create -q -f qcow2 -b "$dir/base.qcow2" -F qcow2 img.qcow2 16M
+        qemu-io -f qcow2 -c "write -P 0x11 0 2M" -c "write -P 0 2M 6M" -c "write -P 0x22 8M 2M" \
+                -c "write -z 10M 2M" -c "write -P 0 12M 4M" img.qcow2 >/dev/null
+        ;;
+metadata-at-end)
+        # 4 KiB clusters, far-apart guest writes: L2 tables and a second refcount block are
+        # allocated late, near the end of the file, then most data is zeroed.
+        qemu-img create -q -f qcow2 -o cluster_size=4K img.qcow2 1G
+        cmds=()
+        for ((i = 0; i < 40; i++)); do cmds+=(-c "write -P 0 $((i * 8))M 128K"); done
+        for ((i = 0; i < 40; i++)); do cmds+=(-c "write -P $((i + 1)) $((i * 8 + 4))M 8K"); done
+        qemu-io -f qcow2 "${cmds[@]}" img.qcow2 >/dev/null
+        ;;
+*) echo "unknown case $case" >&2; exit 2 ;;
+esac
+
+"$CRASH_SWEEP" "$mode" img.qcow2 "$dir" --every "$every"
