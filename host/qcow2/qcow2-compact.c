@@ -91,7 +91,7 @@ int qcow2_inspect(
                         return qcow2_diag(
                                 diag, r, "scanning data clusters failed: %s", strerror(-r));
                 if (r >= 0) {
-                        info.zero_data_clusters = z.clusters_zeroed;
+                        info.zero_data_clusters = z.zero_data_clusters;
                         info.scanned = true;
                 }
         }
@@ -228,6 +228,9 @@ int qcow2_compact(
                         return r;
                 st.clusters_moved += rr.clusters_moved;
                 st.bytes_moved += rr.bytes_moved;
+                /* The next pass walks again anyway: free this map before the check builds its own.
+                 */
+                qcow2_walk_reset(img);
                 r = post_check(img, diag);
                 if (r < 0)
                         return r;

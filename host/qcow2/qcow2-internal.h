@@ -274,7 +274,7 @@ int qcow2_read_l2(Qcow2Image *img, uint64_t off, uint8_t *buf);
 /* ---- qcow2-zero.c ---- */
 typedef struct ZeroPassResult {
         uint64_t clusters_zeroed;    /* data clusters released (normal all-zero + zero-alloc) */
-        uint64_t zero_data_clusters; /* normal data clusters found all-zero */
+        uint64_t zero_data_clusters; /* allocated clusters reading as zeros (released or not) */
         uint64_t l2_tables_freed;
 } ZeroPassResult;
 /*

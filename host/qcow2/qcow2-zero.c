@@ -168,6 +168,8 @@ static int process_group(
         bool simulate,
         ZeroPassResult *res) {
         bool backing = img->backing_offset != 0;
+        /* v2 with a backing file has no way to express "zeros" without a host cluster. */
+        bool can_release = !(img->version < 3 && backing);
         uint64_t new_entry = backing ? QCOW_OFLAG_ZERO : 0;
         uint64_t l1_lo = UINT64_MAX, l1_hi = 0;
         int r;
@@ -184,8 +186,12 @@ static int process_group(
                         cands[k].host = UINT64_MAX; /* keep */
                         continue;
                 }
-                table_set(img, &tables[cands[k].table], cands[k].entry, new_entry);
                 res->zero_data_clusters++;
+                if (!can_release) {
+                        cands[k].host = UINT64_MAX; /* counted, but kept */
+                        continue;
+                }
+                table_set(img, &tables[cands[k].table], cands[k].entry, new_entry);
         }
 
         /* Tables left with nothing allocated are freed (only without a backing file). */
@@ -269,11 +275,6 @@ int qcow2_zero_pass(Qcow2Image *img, bool simulate, ZeroPassResult *ret) {
 
         if (!img->walked)
                 return -EINVAL;
-        /* v2 with a backing file has no way to express "zeros" without a host cluster. */
-        if (img->version < 3 && backing) {
-                *ret = res;
-                return 0;
-        }
         if (img->l2_entry_size != 8)
                 return -EOPNOTSUPP;
 
@@ -308,6 +309,7 @@ int qcow2_zero_pass(Qcow2Image *img, bool simulate, ZeroPassResult *ret) {
                                 continue; /* shared: not changed through one referrer */
                         if (ty == L2_ZERO_ALLOC) {
                                 /* Reads as zeros already; the host cluster is never read. */
+                                res.zero_data_clusters++;
                                 table_set(img, tb, (uint32_t) j, backing ? QCOW_OFLAG_ZERO : 0);
                                 cands[nc++] = (ZCand){ .host = off,
                                                        .table = (uint32_t) nt,
