@@ -134,6 +134,16 @@ static void set_refusal(Qcow2Image *img, int code, const char *fmt, ...) {
         va_end(ap);
 }
 
+/* A NUL-terminated copy of len bytes that are not NUL-terminated on disk (never reads past). */
+static char *memdup_str(const uint8_t *src, size_t len) {
+        char *s = malloc(len + 1);
+        if (!s)
+                return NULL;
+        memcpy(s, src, len);
+        s[len] = 0;
+        return s;
+}
+
 static void copy_string(char *dst, size_t dstsz, const uint8_t *src, size_t len) {
         size_t n = MIN(len, dstsz - 1);
         memcpy(dst, src, n);
@@ -425,8 +435,8 @@ static int read_snapshots(Qcow2Image *img, Qcow2Diag *diag) {
                 if ((uint64_t) s->l1_size * 8 > QCOW2_MAX_L1_BYTES ||
                     (s->l1_size && (!IS_ALIGNED(s->l1_offset, img->cluster_size) || !s->l1_offset)))
                         return qcow2_diag(diag, -EUCLEAN, "snapshot %u has an invalid L1 table", i);
-                s->id = strndup((const char *) e + 40 + extra, id_len);
-                s->name = strndup((const char *) e + 40 + extra + id_len, name_len);
+                s->id = memdup_str(e + 40 + extra, id_len);
+                s->name = memdup_str(e + 40 + extra + id_len, name_len);
                 if (!s->id || !s->name)
                         return -ENOMEM;
                 pos += ALIGN_UP(len, 8);
@@ -471,7 +481,7 @@ static int read_bitmaps(Qcow2Image *img, Qcow2Diag *diag) {
                 if (!IS_ALIGNED(b->table_offset, img->cluster_size) || !b->table_offset ||
                     (uint64_t) b->table_size * 8 > QCOW2_MAX_L1_BYTES)
                         return qcow2_diag(diag, -EUCLEAN, "bitmap %u has an invalid table", i);
-                b->name = strndup((const char *) e + 24 + extra, name_len);
+                b->name = memdup_str(e + 24 + extra, name_len);
                 if (!b->name)
                         return -ENOMEM;
                 pos += ALIGN_UP(len, 8);
