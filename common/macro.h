@@ -41,17 +41,25 @@
                 _fd_;               \
         })
 
-#define MIN(a, b)                        \
-        ({                               \
-                __typeof__(a) _a_ = (a); \
-                __typeof__(b) _b_ = (b); \
-                _a_ < _b_ ? _a_ : _b_;   \
+#define XCONCATENATE(x, y) x##y
+#define CONCATENATE(x, y) XCONCATENATE(x, y)
+#define UNIQ_T(x, uniq) CONCATENATE(__unique_prefix_, CONCATENATE(x, uniq))
+#define UNIQ __COUNTER__
+
+/* MIN/MAX evaluate each argument once and nest without shadowing (unique temporaries). */
+#define MIN(a, b) __MIN(UNIQ, (a), UNIQ, (b))
+#define __MIN(aq, a, bq, b)                                                    \
+        ({                                                                     \
+                const __typeof__(a) UNIQ_T(A, aq) = (a);                       \
+                const __typeof__(b) UNIQ_T(B, bq) = (b);                       \
+                UNIQ_T(A, aq) < UNIQ_T(B, bq) ? UNIQ_T(A, aq) : UNIQ_T(B, bq); \
         })
-#define MAX(a, b)                        \
-        ({                               \
-                __typeof__(a) _a_ = (a); \
-                __typeof__(b) _b_ = (b); \
-                _a_ > _b_ ? _a_ : _b_;   \
+#define MAX(a, b) __MAX(UNIQ, (a), UNIQ, (b))
+#define __MAX(aq, a, bq, b)                                                    \
+        ({                                                                     \
+                const __typeof__(a) UNIQ_T(A, aq) = (a);                       \
+                const __typeof__(b) UNIQ_T(B, bq) = (b);                       \
+                UNIQ_T(A, aq) > UNIQ_T(B, bq) ? UNIQ_T(A, aq) : UNIQ_T(B, bq); \
         })
 
 #define DIV_ROUND_UP(x, y) (((x) + (y) -1) / (y))

@@ -74,14 +74,9 @@ int qcow2_inspect(
         info.l2_tables = img->l2_tables;
         info.leaked_clusters = img->leaked_clusters;
         info.preallocated = looks_preallocated(img);
-        info.compactable = img->refusal_code == 0 && img->compressed_clusters == 0;
+        info.compactable = img->refusal_code == 0;
         if (img->refusal_code)
                 snprintf(info.refusal, sizeof(info.refusal), "%s", img->refusal);
-        else if (img->compressed_clusters)
-                snprintf(
-                        info.refusal,
-                        sizeof(info.refusal),
-                        "the image has compressed clusters; compacting them is not supported yet");
 
         /* Estimate by simulation: the same code as a real run, with writes turned off. */
         info.zero_data_clusters = img->zero_alloc_clusters;
@@ -165,11 +160,6 @@ int qcow2_compact(
         r = qcow2_walk(img, diag);
         if (r < 0)
                 return r;
-        if (img->compressed_clusters)
-                return qcow2_diag(
-                        diag,
-                        -EOPNOTSUPP,
-                        "the image has compressed clusters; compacting them is not supported yet");
         if (looks_preallocated(img) && !opts->force) {
                 st.skipped_preallocated = true;
                 *ret = st;

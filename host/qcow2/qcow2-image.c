@@ -195,6 +195,7 @@ static int parse_extensions(Qcow2Image *img, const uint8_t *hdr, Qcow2Diag *diag
                                         "bitmaps extension too short (%u bytes)",
                                         len);
                         img->has_bitmaps_ext = true;
+                        img->bitmaps_ext_pos = pos;
                         img->nb_bitmaps = rd32(d);
                         img->bitmap_dir_size = rd64(d + 8);
                         img->bitmap_dir_offset = rd64(d + 16);
@@ -435,6 +436,7 @@ static int read_snapshots(Qcow2Image *img, Qcow2Diag *diag) {
                 if ((uint64_t) s->l1_size * 8 > QCOW2_MAX_L1_BYTES ||
                     (s->l1_size && (!IS_ALIGNED(s->l1_offset, img->cluster_size) || !s->l1_offset)))
                         return qcow2_diag(diag, -EUCLEAN, "snapshot %u has an invalid L1 table", i);
+                s->entry_off = pos;
                 s->id = memdup_str(e + 40 + extra, id_len);
                 s->name = memdup_str(e + 40 + extra + id_len, name_len);
                 if (!s->id || !s->name)
@@ -442,6 +444,10 @@ static int read_snapshots(Qcow2Image *img, Qcow2Diag *diag) {
                 pos += ALIGN_UP(len, 8);
         }
         img->snapshots_size = pos;
+        img->snap_raw = malloc(pos + 1);
+        if (!img->snap_raw)
+                return -ENOMEM;
+        memcpy(img->snap_raw, buf, pos);
         return 0;
 }
 
@@ -481,11 +487,13 @@ static int read_bitmaps(Qcow2Image *img, Qcow2Diag *diag) {
                 if (!IS_ALIGNED(b->table_offset, img->cluster_size) || !b->table_offset ||
                     (uint64_t) b->table_size * 8 > QCOW2_MAX_L1_BYTES)
                         return qcow2_diag(diag, -EUCLEAN, "bitmap %u has an invalid table", i);
+                b->entry_off = pos;
                 b->name = memdup_str(e + 24 + extra, name_len);
                 if (!b->name)
                         return -ENOMEM;
                 pos += ALIGN_UP(len, 8);
         }
+        img->bitmap_dir_raw = TAKE_PTR(buf);
         return 0;
 }
 
@@ -522,25 +530,14 @@ static void classify(Qcow2Image *img) {
                         -EOPNOTSUPP,
                         "unknown header extension 0x%08x (it might own clusters)",
                         img->unknown_ext_type);
-        if (img->nb_snapshots > 0)
-                set_refusal(
-                        img,
-                        -EOPNOTSUPP,
-                        "the image has %u internal snapshot(s); compacting images "
-                        "with snapshots is not supported yet",
-                        img->nb_snapshots);
-        if (img->has_bitmaps_ext)
-                set_refusal(
-                        img,
-                        -EOPNOTSUPP,
-                        "the image has persistent bitmaps; compacting them is not "
-                        "supported yet");
-        if (img->incompat & QCOW2_INCOMPAT_EXTL2)
-                set_refusal(
-                        img,
-                        -EOPNOTSUPP,
-                        "the image uses extended L2 entries (subclusters); "
-                        "compacting them is not supported yet");
+        for (uint32_t i = 0; img->bitmaps && i < img->nb_bitmaps; i++)
+                if (img->bitmaps[i].flags & BME_FLAG_IN_USE)
+                        set_refusal(
+                                img,
+                                -EUCLEAN,
+                                "persistent bitmap '%s' is marked in use (QEMU did not "
+                                "close it cleanly, its contents are not trustworthy)",
+                                img->bitmaps[i].name);
 }
 
 int qcow2_open(IoBackend *io, unsigned flags, Qcow2Image **ret, Qcow2Diag *diag) {
@@ -620,9 +617,13 @@ Qcow2Image *qcow2_close(Qcow2Image *img) {
                 free(img->snapshots[i].id);
                 free(img->snapshots[i].name);
         }
+        for (uint32_t i = 0; img->snapshots && i < img->nb_snapshots; i++)
+                free(img->snapshots[i].l1);
         free(img->snapshots);
+        free(img->snap_raw);
+        free(img->bitmap_dir_raw);
         for (uint32_t i = 0; img->bitmaps && i < img->nb_bitmaps; i++)
-                free(img->bitmaps[i].name);
+                free(img->bitmaps[i].name), free(img->bitmaps[i].table);
         free(img->bitmaps);
         free(img);
         return NULL;

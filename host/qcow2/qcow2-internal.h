@@ -102,6 +102,8 @@ typedef struct Snapshot {
         uint32_t l1_size;
         char *id;
         char *name;
+        uint64_t entry_off; /* byte offset of this entry in the snapshot table */
+        uint64_t *l1;       /* host endian, loaded by the walk */
 } Snapshot;
 
 typedef struct Bitmap {
@@ -110,7 +112,16 @@ typedef struct Bitmap {
         uint32_t flags;
         uint8_t granularity_bits;
         char *name;
+        uint64_t entry_off; /* byte offset of this entry in the bitmap directory */
+        uint64_t *table;    /* host endian, loaded by the walk */
 } Bitmap;
+
+/* One L1 entry pointing at an L2 table; table 0 is the active L1, i+1 snapshot i's. */
+typedef struct L1Ref {
+        uint64_t l2; /* cluster index of the L2 table */
+        uint32_t table;
+        uint32_t index;
+} L1Ref;
 
 struct Qcow2Image {
         IoBackend *io;
@@ -147,6 +158,9 @@ struct Qcow2Image {
         uint64_t crypto_offset, crypto_length;
         bool has_data_file_ext;
         uint32_t unknown_ext_type; /* first unknown extension type, 0 if none */
+        uint64_t bitmaps_ext_pos;  /* byte offset in cluster 0 of the bitmaps extension data */
+        uint8_t *snap_raw;         /* the snapshot table as on disk (snapshots_size bytes) */
+        uint8_t *bitmap_dir_raw;   /* the bitmap directory as on disk */
 
         /* derived */
         uint32_t l2_bits; /* log2(entries per L2 table) */
@@ -182,6 +196,10 @@ struct Qcow2Image {
         uint64_t l2_tables;
         uint64_t guest_allocated; /* active-layer guest clusters with a host cluster */
         bool guest_monotone;      /* host offsets grow with guest offsets (preallocation) */
+        L1Ref *l1refs;            /* every L1 entry of every L1 table, sorted by l2 */
+        size_t nb_l1refs;
+        uint8_t *cjoin;       /* bitmap: a compressed stream runs from cluster c into c+1 */
+        uint8_t *overcounted; /* bitmap: refcount above the references (kept as is) */
 
         /* per reftable entry: dirty span of the refcount block, in entries [lo, hi) */
         uint32_t *rb_dirty_lo, *rb_dirty_hi;
@@ -270,6 +288,30 @@ void qcow2_walk_reset(Qcow2Image *img);
 int qcow2_repair_leaks(Qcow2Image *img, uint64_t *ret_repaired);
 /* Reads an L2 table (raw, big-endian) into buf (one cluster). */
 int qcow2_read_l2(Qcow2Image *img, uint64_t off, uint8_t *buf);
+
+/* ---- the L1/L2 forest (qcow2-walk.c) ---- */
+static inline bool bm_get(const uint8_t *bm, uint64_t i) {
+        return bm[i / 8] & (1U << (i % 8));
+}
+static inline void bm_set(uint8_t *bm, uint64_t i) {
+        bm[i / 8] |= (uint8_t) (1U << (i % 8));
+}
+/* L1 table number t (0 active, i+1 snapshot i): entries, size and on-disk offset. */
+uint64_t *qcow2_l1_table(Qcow2Image *img, uint32_t t, uint32_t *ret_size, uint64_t *ret_offset);
+/* Number of L1 entries (over all L1 tables) that point at L2 table cluster c. */
+uint64_t qcow2_l2_paths(const Qcow2Image *img, uint64_t c);
+/* Writes entries [lo, hi) of L1 table t from memory to where it lives now. */
+int qcow2_l1_write_span(Qcow2Image *img, uint32_t t, uint64_t lo, uint64_t hi);
+/* First 8 bytes of L2 entry j (standard or extended). */
+static inline uint64_t l2e_get(const Qcow2Image *img, const uint8_t *l2, uint64_t j) {
+        return rd64(l2 + j * img->l2_entry_size);
+}
+/* Subcluster bitmap of extended L2 entry j (0 for standard entries). */
+static inline uint64_t l2e_bitmap(const Qcow2Image *img, const uint8_t *l2, uint64_t j) {
+        return img->l2_entry_size == 16 ? rd64(l2 + j * 16 + 8) : 0;
+}
+/* Inflates a compressed cluster (deflate or zstd) into out (cluster_size bytes). */
+int qcow2_decompress(const Qcow2Image *img, const uint8_t *in, size_t in_len, uint8_t *out);
 
 /* ---- qcow2-zero.c ---- */
 typedef struct ZeroPassResult {

@@ -6,57 +6,87 @@
  *
  * Plan. N = the number of clusters in use, counting only the refcount blocks that describe
  * clusters below N (a fixed point, found by iteration). Clusters >= N are "movers"; each gets a
- * hole below N that a refcount block describes. Contiguous tables (L1, refcount table) move as
- * whole runs into the lowest free run. If the holes do not fit, N grows until they do.
+ * hole below N that a refcount block describes. Contiguous objects move as whole runs into the
+ * lowest free run: the L1 tables (active and snapshots), the refcount table, the snapshot table,
+ * the bitmap directory and bitmap tables, and runs of compressed clusters that streams join
+ * (a stream may run from one cluster into the next; moving the run whole keeps every byte
+ * offset inside it, so descriptors only shift by the run's displacement). If the holes do not
+ * fit, N grows until they do.
  *
  * Execution, per object type, each batch with the leak-only barrier order (DESIGN.md):
  *   (A) raise destination refcounts   (B) write the copies            -> flush
  *   (C) switch every parent pointer   (in-sector 8/12-byte writes)    -> flush
  *   (D) lower the source refcounts                                    -> flush
- * Order of types: data clusters (pointers in L2 tables), L2 tables (pointers in L1), the L1
- * table (header), refcount blocks (reftable), the refcount table (header); then the tail is
- * released (leftover leaks zeroed, tail-only refcount blocks unhooked then freed) and the file
- * truncated. A crash anywhere leaves, at worst, leaked clusters.
+ * A reference from an L2 table shared by p L1 entries counts p times: rewriting it removes p.
+ * Order of types: data and compressed clusters (L2 entries of every tree), bitmap data
+ * (bitmap tables), L2 tables (every L1), bitmap tables (directory), the active L1 (header),
+ * snapshot L1s (snapshot table), the snapshot table (header), the bitmap directory (header
+ * extension), refcount blocks (reftable), the refcount table (header); then the tail is
+ * released and the file truncated. A crash anywhere leaves, at worst, leaked clusters.
  */
 
 #include "qcow2-internal.h"
 
 #define COPY_CHUNK (4u << 20)
 
+/* A cluster or a run of compressed clusters moving from src to dst. */
 typedef struct Move {
-        uint64_t src; /* cluster index */
-        uint64_t dst; /* cluster index */
-        bool copied;  /* (A)+(B) done */
-        bool queued;  /* in the current batch's copy list */
+        uint64_t src; /* first cluster */
+        uint64_t dst;
+        uint64_t n;  /* clusters */
+        bool copied; /* (A)+(B) done */
+        bool queued; /* in the current batch's copy list */
 } Move;
+
+typedef enum RunKind {
+        RUN_BITMAP_TABLE,
+        RUN_L1,
+        RUN_SNAP_L1,
+        RUN_SNAP_TABLE,
+        RUN_BITMAP_DIR,
+        RUN_REFTABLE,
+} RunKind;
+
+/* A table that lives in consecutive clusters and is pointed at from one place. */
+typedef struct Run {
+        RunKind kind;
+        uint32_t id; /* snapshot or bitmap index */
+        uint64_t src, n, dst;
+        bool move;
+} Run;
 
 typedef struct Plan {
         uint64_t n;  /* new end, in clusters */
-        Move *moves; /* single-cluster movers, sorted by src */
+        Move *moves; /* sorted by src */
         size_t nb_moves;
-        bool move_l1, move_reftable;
-        uint64_t l1_dst, reftable_dst; /* first cluster of the new runs */
-        uint64_t l1_clusters, reftable_clusters;
+        Run *runs;
+        size_t nb_runs;
         uint8_t *dropped; /* bitmap over reftable entries: block unhooked at the end */
 } Plan;
 
 static void plan_done(Plan *p) {
         p->moves = mfree(p->moves);
+        p->runs = mfree(p->runs);
         p->dropped = mfree(p->dropped);
 }
 
-static Move *plan_find(const Plan *p, uint64_t src) {
+/* The move whose source range holds cluster c, or NULL. */
+static Move *plan_find(const Plan *p, uint64_t c) {
         size_t lo = 0, hi = p->nb_moves;
         while (lo < hi) {
                 size_t mid = lo + (hi - lo) / 2;
-                if (p->moves[mid].src < src)
+                if (p->moves[mid].src + p->moves[mid].n <= c)
                         lo = mid + 1;
-                else if (p->moves[mid].src > src)
+                else if (p->moves[mid].src > c)
                         hi = mid;
                 else
                         return &p->moves[mid];
         }
         return NULL;
+}
+
+static uint64_t move_dst(const Move *m, uint64_t c) {
+        return m->dst + (c - m->src);
 }
 
 static uint64_t rt_index_of_block(const Qcow2Image *img, uint64_t c, bool *found) {
@@ -70,111 +100,203 @@ static uint64_t rt_index_of_block(const Qcow2Image *img, uint64_t c, bool *found
 }
 
 /* Is cluster c a refcount block that will be unhooked (it describes only clusters >= n)? */
-static bool block_dropped(const Qcow2Image *img, const Plan *p, uint64_t c) {
+static bool block_dropped(const Qcow2Image *img, uint64_t n, uint64_t c) {
         bool found;
         uint64_t i;
 
         if (img->kind[c] != CK_REFBLOCK)
                 return false;
         i = rt_index_of_block(img, c, &found);
-        return found && (i << img->rb_bits) >= p->n;
+        return found && (i << img->rb_bits) >= n;
 }
 
-/* Try to place everything >= p->n; returns 0, or the number of clusters that did not fit. */
+static int add_run(Plan *p, size_t *cap, RunKind kind, uint32_t id, uint64_t src, uint64_t n) {
+        if (n == 0)
+                return 0;
+        if (p->nb_runs == *cap) {
+                size_t c = MAX(*cap * 2, (size_t) 8);
+                Run *r = realloc(p->runs, c * sizeof(Run));
+                if (!r)
+                        return -ENOMEM;
+                p->runs = r;
+                *cap = c;
+        }
+        p->runs[p->nb_runs++] = (Run){ .kind = kind, .id = id, .src = src, .n = n };
+        return 0;
+}
+
+static int collect_runs(Qcow2Image *img, Plan *p) {
+        size_t cap = 0;
+        int r;
+
+#define CL(bytes) size_to_clusters(img, (bytes))
+        r =
+                add_run(p,
+                        &cap,
+                        RUN_L1,
+                        0,
+                        cluster_of(img, img->l1_offset),
+                        CL((uint64_t) img->l1_size * 8));
+        if (r >= 0)
+                r =
+                        add_run(p,
+                                &cap,
+                                RUN_REFTABLE,
+                                0,
+                                cluster_of(img, img->reftable_offset),
+                                img->reftable_clusters);
+        for (uint32_t i = 0; r >= 0 && i < img->nb_snapshots; i++)
+                r =
+                        add_run(p,
+                                &cap,
+                                RUN_SNAP_L1,
+                                i,
+                                cluster_of(img, img->snapshots[i].l1_offset),
+                                CL((uint64_t) img->snapshots[i].l1_size * 8));
+        if (r >= 0 && img->nb_snapshots > 0)
+                r =
+                        add_run(p,
+                                &cap,
+                                RUN_SNAP_TABLE,
+                                0,
+                                cluster_of(img, img->snapshots_offset),
+                                CL(img->snapshots_size));
+        if (r >= 0 && img->bitmaps) {
+                r =
+                        add_run(p,
+                                &cap,
+                                RUN_BITMAP_DIR,
+                                0,
+                                cluster_of(img, img->bitmap_dir_offset),
+                                CL(img->bitmap_dir_size));
+                for (uint32_t i = 0; r >= 0 && i < img->nb_bitmaps; i++)
+                        r =
+                                add_run(p,
+                                        &cap,
+                                        RUN_BITMAP_TABLE,
+                                        i,
+                                        cluster_of(img, img->bitmaps[i].table_offset),
+                                        CL((uint64_t) img->bitmaps[i].table_size * 8));
+        }
+#undef CL
+        return r;
+}
+
+static int cmp_move(const void *a, const void *b) {
+        const Move *x = a, *y = b;
+        return x->src < y->src ? -1 : x->src > y->src;
+}
+
+/* Lowest run of `len` free, covered, untaken holes below n; 0 if none. */
+static uint64_t find_holes(const Qcow2Image *img, const uint8_t *taken, uint64_t n, uint64_t len) {
+        for (uint64_t c = 1, run = 0; c < n; c++) {
+                bool hole = img->refcount[c] == 0 && qcow2_rc_covered(img, c) && !bm_get(taken, c);
+                run = hole ? run + 1 : 0;
+                if (run == len)
+                        return c + 1 - len;
+        }
+        return 0;
+}
+
+/* Try to place everything >= p->n; returns 0, the number of clusters that did not fit, or -errno.
+ */
 static int64_t plan_try(Qcow2Image *img, Plan *p) {
-        uint64_t n = p->n, movers = 0, placed = 0;
-        _cleanup_free_ uint8_t *taken = NULL; /* holes given out, bitmap over [0, n) */
-        uint64_t hole = 1;
+        _cleanup_free_ uint8_t *taken = NULL;
+        uint64_t n = p->n, hole = 1, cap = 0;
 
         p->moves = mfree(p->moves);
         p->nb_moves = 0;
-        p->move_l1 = p->move_reftable = false;
-
         taken = calloc(DIV_ROUND_UP(n, 8) + 1, 1);
         if (!taken)
                 return -ENOMEM;
 
-#define IS_HOLE(c)                                                \
-        (img->refcount[(c)] == 0 && qcow2_rc_covered(img, (c)) && \
-         !(taken[(c) / 8] & (1U << ((c) % 8))))
-#define TAKE(c) (taken[(c) / 8] |= (uint8_t) (1U << ((c) % 8)))
-
-        /* Contiguous runs first: they need consecutive holes. */
-        struct {
-                uint64_t start, len;
-                bool *flag;
-                uint64_t *dst;
-        } runs[2] = {
-                { cluster_of(img, img->l1_offset), p->l1_clusters, &p->move_l1, &p->l1_dst },
-                { cluster_of(img, img->reftable_offset),
-                  p->reftable_clusters,
-                  &p->move_reftable,
-                  &p->reftable_dst },
-        };
-        for (size_t k = 0; k < ELEMENTSOF(runs); k++) {
-                if (runs[k].len == 0 || runs[k].start + runs[k].len <= n)
-                        continue;
-                uint64_t found = 0;
-                for (uint64_t c = 1, len = 0; c < n; c++) {
-                        len = IS_HOLE(c) ? len + 1 : 0;
-                        if (len == runs[k].len) {
-                                found = c + 1 - len;
-                                break;
-                        }
+        /* Tables first: they need consecutive holes. The largest go first. */
+        for (size_t k = 0; k < p->nb_runs; k++)
+                p->runs[k].move = false;
+        for (;;) {
+                Run *best = NULL;
+                for (size_t k = 0; k < p->nb_runs; k++) {
+                        Run *run = &p->runs[k];
+                        if (run->move || run->src + run->n <= n)
+                                continue;
+                        if (!best || run->n > best->n)
+                                best = run;
                 }
-                if (!found)
-                        return (int64_t) runs[k].len;
-                for (uint64_t c = found; c < found + runs[k].len; c++)
-                        TAKE(c);
-                *runs[k].flag = true;
-                *runs[k].dst = found;
+                if (!best)
+                        break;
+                uint64_t at = find_holes(img, taken, n, best->n);
+                if (!at)
+                        return (int64_t) best->n;
+                for (uint64_t c = at; c < at + best->n; c++)
+                        bm_set(taken, c);
+                best->dst = at;
+                best->move = true;
         }
 
-        /* Count single movers, then give each the lowest hole. */
-        for (uint64_t c = n; c < img->nb_clusters; c++) {
-                if (img->refcount[c] == 0)
-                        continue;
-                ClusterKind k = img->kind[c];
-                if (k == CK_L1 || k == CK_REFTABLE || block_dropped(img, p, c))
-                        continue;
-                if (k == CK_FREE)
-                        continue; /* an unreferenced leftover: released with the tail */
-                movers++;
-        }
-        p->moves = calloc(movers + 1, sizeof(Move));
+        /* Moves: compressed runs (whole, if any part is >= n) and single clusters >= n. */
+        for (uint64_t c = 1; c < img->nb_clusters; c++)
+                if (img->kind[c] == CK_COMPRESSED || c >= n)
+                        cap++;
+        p->moves = calloc(cap + 1, sizeof(Move));
         if (!p->moves)
                 return -ENOMEM;
-        for (uint64_t c = n; c < img->nb_clusters; c++) {
-                if (img->refcount[c] == 0)
+        for (uint64_t c = 1; c < img->nb_clusters; c++) {
+                if (img->kind[c] != CK_COMPRESSED ||
+                    (bm_get(img->cjoin, c - 1) && img->kind[c - 1] == CK_COMPRESSED))
                         continue;
-                ClusterKind k = img->kind[c];
-                if (k == CK_L1 || k == CK_REFTABLE || k == CK_FREE || block_dropped(img, p, c))
+                uint64_t len = 1;
+                while (bm_get(img->cjoin, c + len - 1) && c + len < img->nb_clusters &&
+                       img->kind[c + len] == CK_COMPRESSED)
+                        len++;
+                if (c + len <= n)
                         continue;
-                if (k != CK_DATA && k != CK_L2 && k != CK_REFBLOCK)
-                        return -EOPNOTSUPP; /* snapshot, bitmap, compressed: not movable yet */
-                while (hole < n && !IS_HOLE(hole))
-                        hole++;
-                if (hole >= n)
-                        return (int64_t) (movers - placed);
-                TAKE(hole);
-                p->moves[p->nb_moves++] = (Move){ .src = c, .dst = hole };
-                placed++;
+                uint64_t at = find_holes(img, taken, n, len);
+                if (!at)
+                        return (int64_t) len;
+                for (uint64_t k = at; k < at + len; k++)
+                        bm_set(taken, k);
+                p->moves[p->nb_moves++] = (Move){ .src = c, .dst = at, .n = len };
         }
-#undef IS_HOLE
-#undef TAKE
+        for (uint64_t c = n; c < img->nb_clusters; c++) {
+                ClusterKind k = img->kind[c];
+                if (img->refcount[c] == 0 || k == CK_FREE)
+                        continue; /* free, or an unreferenced leftover released with the tail */
+                if (k != CK_DATA && k != CK_L2 && k != CK_REFBLOCK && k != CK_BITMAP_DATA)
+                        continue; /* tables and compressed runs are placed above */
+                if (block_dropped(img, n, c))
+                        continue;
+                while (hole < n &&
+                       (img->refcount[hole] != 0 || !qcow2_rc_covered(img, hole) ||
+                        bm_get(taken, hole)))
+                        hole++;
+                if (hole >= n) {
+                        uint64_t left = 0;
+                        for (uint64_t q = c; q < img->nb_clusters; q++)
+                                left += img->refcount[q] > 0 && img->kind[q] != CK_FREE;
+                        return (int64_t) MAX(left, (uint64_t) 1);
+                }
+                bm_set(taken, hole);
+                p->moves[p->nb_moves++] = (Move){ .src = c, .dst = hole, .n = 1 };
+        }
+        qsort(p->moves, p->nb_moves, sizeof(Move), cmp_move);
         return 0;
 }
 
 static int plan_make(Qcow2Image *img, Plan *p) {
         uint64_t used_nonrb = 0, n;
         int64_t missing;
+        int r;
 
         *p = (Plan){ 0 };
-        p->l1_clusters = img->l1_size ? size_to_clusters(img, (uint64_t) img->l1_size * 8) : 0;
-        p->reftable_clusters = img->reftable_clusters;
         p->dropped = calloc(DIV_ROUND_UP(img->reftable_entries, 8) + 1, 1);
         if (!p->dropped)
                 return -ENOMEM;
+        r = collect_runs(img, p);
+        if (r < 0)
+                return r;
+        for (size_t k = 0; k < p->nb_runs; k++)
+                if (p->runs[k].src + p->runs[k].n > img->nb_clusters)
+                        return -EUCLEAN;
 
         for (uint64_t c = 0; c < img->nb_clusters; c++)
                 if (img->refcount[c] > 0 && img->kind[c] != CK_REFBLOCK && img->kind[c] != CK_FREE)
@@ -204,7 +326,8 @@ static int plan_make(Qcow2Image *img, Plan *p) {
                 if (p->n >= img->nb_clusters) {
                         /* Nothing can move; keep the file as it is. */
                         p->nb_moves = 0;
-                        p->move_l1 = p->move_reftable = false;
+                        for (size_t k = 0; k < p->nb_runs; k++)
+                                p->runs[k].move = false;
                         p->n = img->nb_clusters;
                         break;
                 }
@@ -213,11 +336,11 @@ static int plan_make(Qcow2Image *img, Plan *p) {
 
         for (uint64_t i = 0; i < img->reftable_entries; i++)
                 if ((img->reftable[i] & REFT_OFFSET_MASK) && (i << img->rb_bits) >= p->n)
-                        p->dropped[i / 8] |= (uint8_t) (1U << (i % 8));
+                        bm_set(p->dropped, i);
         return 0;
 }
 
-/* Overlap check before writing metadata or copies (QEMU's qcow2_check_metadata_overlap idea). */
+/* Overlap check before writing metadata in place (QEMU's metadata overlap check idea). */
 static int expect_kind(Qcow2Image *img, uint64_t off, uint64_t len, ClusterKind k) {
         for (uint64_t c = cluster_of(img, off); c <= cluster_of(img, off + len - 1); c++)
                 if (c >= img->nb_clusters || img->kind[c] != k)
@@ -250,33 +373,36 @@ copy_clusters(Qcow2Image *img, uint64_t src, uint64_t dst, uint64_t n, IoEvent e
         return 0;
 }
 
-/* (A)+(B) for a list of moves (each copied once): raise, write dirty, copy runs, flush. */
-static int raise_and_copy(
-        Qcow2Image *img, Move **list, size_t n, IoEvent ev, uint8_t *buf, uint64_t *bytes_moved) {
+/* (A)+(B) for moves not copied yet: raise every destination, copy (coalesced), flush. */
+static int
+raise_and_copy(Qcow2Image *img, Move **list, size_t n, IoEvent ev, uint8_t *buf, RelocResult *res) {
         int r;
 
         for (size_t k = 0; k < n; k++) {
                 Move *m = list[k];
-                if (img->kind[m->dst] != CK_FREE || img->refcount[m->dst] != 0)
-                        return -EUCLEAN; /* the planner gave out a cluster in use */
-                r = qcow2_rc_set(img, m->dst, img->refcount[m->src]);
-                if (r < 0)
-                        return r;
-                img->kind[m->dst] = img->kind[m->src];
+                for (uint64_t q = 0; q < m->n; q++) {
+                        if (img->kind[m->dst + q] != CK_FREE || img->refcount[m->dst + q] != 0)
+                                return -EUCLEAN; /* the planner gave out a cluster in use */
+                        r = qcow2_rc_set(img, m->dst + q, img->refcount[m->src + q]);
+                        if (r < 0)
+                                return r;
+                        img->kind[m->dst + q] = img->kind[m->src + q];
+                }
         }
         r = qcow2_rc_write_dirty(img);
         if (r < 0)
                 return r;
         for (size_t k = 0; k < n;) {
+                uint64_t src = list[k]->src, dst = list[k]->dst, len = list[k]->n;
                 size_t run = 1;
-                while (k + run < n && list[k + run]->src == list[k]->src + run &&
-                       list[k + run]->dst == list[k]->dst + run &&
-                       run * img->cluster_size < COPY_CHUNK)
-                        run++;
-                r = copy_clusters(img, list[k]->src, list[k]->dst, run, ev, buf);
+                while (k + run < n && list[k + run]->src == src + len &&
+                       list[k + run]->dst == dst + len && len * img->cluster_size < COPY_CHUNK)
+                        len += list[k + run++]->n;
+                r = copy_clusters(img, src, dst, len, ev, buf);
                 if (r < 0)
                         return r;
-                *bytes_moved += run * img->cluster_size;
+                res->bytes_moved += len * img->cluster_size;
+                res->clusters_moved += len;
                 for (size_t q = k; q < k + run; q++) {
                         list[q]->copied = true;
                         list[q]->queued = false;
@@ -287,58 +413,62 @@ static int raise_and_copy(
 }
 
 static int cmp_move_ptr(const void *a, const void *b) {
-        const Move *x = *(Move *const *) a, *y = *(Move *const *) b;
-        return x->src < y->src ? -1 : x->src > y->src;
+        return cmp_move(*(Move *const *) a, *(Move *const *) b);
 }
 
-typedef struct RTable {
-        uint64_t offset;
-        uint8_t *buf;
-        uint32_t lo, hi;
-} RTable;
+typedef struct Release {
+        uint64_t cluster;
+        uint64_t count;
+} Release;
 
-typedef struct DataBatch {
-        RTable *tables;
-        size_t nt, max_tables;
-        uint8_t *pool;
+/* A batch of rewritten tables and what their rewrites release. */
+typedef struct Batch {
         Move **to_copy;
-        size_t nc;
-        uint64_t *released; /* src clusters whose reference was rewritten (one per ref) */
-        size_t nr, max_refs;
+        size_t nc, max_copy;
+        Release *rel;
+        size_t nr, max_rel;
         uint64_t bytes;
-} DataBatch;
+} Batch;
 
-static int data_batch_flush(
-        Qcow2Image *img, DataBatch *b, uint8_t *buf, RelocResult *res, uint64_t *bytes_moved) {
+static int batch_init(Batch *b, size_t max_copy, size_t max_rel) {
+        *b = (Batch){ .max_copy = max_copy, .max_rel = max_rel };
+        b->to_copy = calloc(max_copy + 1, sizeof(Move *));
+        b->rel = calloc(max_rel + 1, sizeof(Release));
+        return b->to_copy && b->rel ? 0 : -ENOMEM;
+}
+
+static void batch_done(Batch *b) {
+        free(b->to_copy);
+        free(b->rel);
+}
+
+static void batch_queue(Qcow2Image *img, Batch *b, Move *m) {
+        if (m->copied || m->queued)
+                return;
+        m->queued = true;
+        b->to_copy[b->nc++] = m;
+        b->bytes += m->n * img->cluster_size;
+}
+
+static void batch_release(Batch *b, uint64_t c, uint64_t count) {
+        b->rel[b->nr++] = (Release){ .cluster = c, .count = count };
+}
+
+/* (A)+(B) of a batch; the caller then switches its pointers (C) and calls batch_lower. */
+static int batch_copy(Qcow2Image *img, Batch *b, IoEvent ev, uint8_t *buf, RelocResult *res) {
+        qsort(b->to_copy, b->nc, sizeof(Move *), cmp_move_ptr);
+        return raise_and_copy(img, b->to_copy, b->nc, ev, buf, res);
+}
+
+/* (D) of a batch. */
+static int batch_lower(Qcow2Image *img, Batch *b) {
         int r;
 
-        if (b->nt == 0 && b->nc == 0)
-                return 0;
-        /* (A)+(B) */
-        qsort(b->to_copy, b->nc, sizeof(Move *), cmp_move_ptr);
-        r = raise_and_copy(img, b->to_copy, b->nc, IO_EV_DATA_COPY, buf, bytes_moved);
-        if (r < 0)
-                return r;
-        res->clusters_moved += b->nc;
-        /* (C) */
-        for (size_t t = 0; t < b->nt; t++) {
-                RTable *tb = &b->tables[t];
-                uint64_t blo = (uint64_t) tb->lo * img->l2_entry_size;
-                uint64_t bhi = (uint64_t) tb->hi * img->l2_entry_size;
-                r = expect_kind(img, tb->offset, img->cluster_size, CK_L2);
-                if (r < 0)
-                        return r;
-                r = qcow2_write(img, IO_EV_L2_UPDATE, tb->buf + blo, bhi - blo, tb->offset + blo);
-                if (r < 0)
-                        return r;
-        }
-        r = qcow2_flush(img);
-        if (r < 0)
-                return r;
-        /* (D) */
         for (size_t k = 0; k < b->nr; k++) {
-                uint64_t c = b->released[k];
-                uint64_t v = img->refcount[c] - 1;
+                uint64_t c = b->rel[k].cluster;
+                if (img->refcount[c] < b->rel[k].count)
+                        return -EUCLEAN; /* would under-count: never */
+                uint64_t v = img->refcount[c] - b->rel[k].count;
                 r = qcow2_rc_set(img, c, v);
                 if (r < 0)
                         return r;
@@ -351,249 +481,436 @@ static int data_batch_flush(
         r = qcow2_flush(img);
         if (r < 0)
                 return r;
-        b->nt = b->nc = b->nr = 0;
+        b->nc = b->nr = 0;
         b->bytes = 0;
         return 0;
 }
 
-static int move_data(
-        Qcow2Image *img,
-        Plan *p,
-        uint64_t batch_bytes,
-        uint8_t *buf,
-        RelocResult *res,
-        uint64_t *bytes_moved) {
-        DataBatch b = { 0 };
-        int r = 0;
+typedef struct RTable {
+        uint64_t cluster;
+        uint64_t paths;
+        uint8_t *buf;
+        uint32_t lo, hi;
+} RTable;
 
-        b.max_tables = MAX((size_t) 1, (size_t) ((8u << 20) / img->cluster_size));
-        b.max_refs = b.max_tables * img->l2_entries;
-        b.tables = calloc(b.max_tables, sizeof(RTable));
-        b.pool = malloc(b.max_tables * img->cluster_size);
-        b.to_copy = calloc(b.max_refs, sizeof(Move *));
-        b.released = calloc(b.max_refs, sizeof(uint64_t));
-        if (!b.tables || !b.pool || !b.to_copy || !b.released) {
-                r = -ENOMEM;
-                goto out;
+static void rtable_touch(RTable *t, uint32_t j) {
+        if (t->lo >= t->hi) {
+                t->lo = j;
+                t->hi = j + 1;
+        } else {
+                t->lo = MIN(t->lo, j);
+                t->hi = MAX(t->hi, j + 1);
         }
+}
 
-        for (uint64_t i = 0; i < img->l1_size; i++) {
-                uint64_t l2off = img->l1[i] & L1E_OFFSET_MASK;
-                if (!l2off)
-                        continue;
-                RTable *tb = &b.tables[b.nt];
-                *tb = (RTable){ .offset = l2off, .buf = b.pool + b.nt * img->cluster_size };
-                r = qcow2_read_l2(img, l2off, tb->buf);
-                if (r < 0)
-                        goto out;
-                bool touched = false;
-                for (uint64_t j = 0; j < img->l2_entries; j++) {
-                        uint64_t e = rd64(tb->buf + j * img->l2_entry_size);
-                        L2Type ty = qcow2_l2_type(img, e);
-                        if (ty != L2_NORMAL && ty != L2_ZERO_ALLOC)
+/* Rewrites the entries of one L2 table that point at movers; returns whether it changed. */
+static bool rewrite_l2(Qcow2Image *img, Plan *p, RTable *tb, Batch *b, int *err) {
+        bool touched = false;
+
+        for (uint64_t j = 0; j < img->l2_entries; j++) {
+                uint64_t e = l2e_get(img, tb->buf, j);
+                L2Type ty = qcow2_l2_type(img, e);
+                Move *m;
+
+                if (ty == L2_COMPRESSED) {
+                        uint64_t coff, clen;
+                        qcow2_compressed_range(img, e, &coff, &clen);
+                        m = plan_find(p, cluster_of(img, coff));
+                        if (!m)
                                 continue;
+                        uint64_t ncoff = coff + offset_of(img, m->dst) - offset_of(img, m->src);
+                        wr64(tb->buf + j * img->l2_entry_size, (e & ~img->coffset_mask) | ncoff);
+                        for (uint64_t c = cluster_of(img, coff);
+                             c <= cluster_of(img, coff + clen - 1);
+                             c++)
+                                batch_release(b, c, tb->paths);
+                } else if (ty == L2_NORMAL || ty == L2_ZERO_ALLOC) {
                         uint64_t c = cluster_of(img, e & L2E_OFFSET_MASK);
                         if (c < p->n)
                                 continue;
-                        Move *m = plan_find(p, c);
+                        m = plan_find(p, c);
                         if (!m) {
-                                r = -EUCLEAN; /* a referenced cluster past the end with no place */
-                                goto out;
+                                *err = -EUCLEAN; /* a referenced cluster past the end with no place
+                                                  */
+                                return touched;
                         }
                         /* COPIED is kept: the destination inherits the source's refcount. */
                         wr64(tb->buf + j * img->l2_entry_size,
-                             (e & ~L2E_OFFSET_MASK) | offset_of(img, m->dst));
-                        if (!touched) {
-                                tb->lo = (uint32_t) j;
-                                touched = true;
-                        }
-                        tb->hi = (uint32_t) j + 1;
-                        if (!m->copied && !m->queued) {
-                                m->queued = true;
-                                b.to_copy[b.nc++] = m;
-                                b.bytes += img->cluster_size;
-                        }
-                        b.released[b.nr++] = c;
-                }
-                if (touched)
-                        b.nt++;
-                if (b.nt == b.max_tables || b.bytes >= batch_bytes) {
-                        r = data_batch_flush(img, &b, buf, res, bytes_moved);
-                        if (r < 0)
-                                goto out;
-                }
-                if ((i & 63) == 0)
-                        qcow2_progress(img, "move", i, img->l1_size);
+                             (e & ~L2E_OFFSET_MASK) | offset_of(img, move_dst(m, c)));
+                        batch_release(b, c, tb->paths);
+                } else
+                        continue;
+                batch_queue(img, b, m);
+                rtable_touch(tb, (uint32_t) j);
+                touched = true;
         }
-        r = data_batch_flush(img, &b, buf, res, bytes_moved);
-out:
-        free(b.tables);
-        free(b.pool);
-        free(b.to_copy);
-        free(b.released);
-        return r;
-}
-
-static int l1_write_span(Qcow2Image *img, uint64_t lo, uint64_t hi) {
-        _cleanup_free_ uint8_t *buf = NULL;
-
-        if (hi <= lo)
-                return 0;
-        buf = malloc((hi - lo) * 8);
-        if (!buf)
-                return -ENOMEM;
-        for (uint64_t i = lo; i < hi; i++)
-                wr64(buf + (i - lo) * 8, img->l1[i]);
-        return qcow2_write(img, IO_EV_L1_UPDATE, buf, (hi - lo) * 8, img->l1_offset + lo * 8);
+        return touched;
 }
 
 static int
-move_l2_tables(Qcow2Image *img, Plan *p, uint8_t *buf, RelocResult *res, uint64_t *bytes_moved) {
-        _cleanup_free_ Move **list = NULL;
-        _cleanup_free_ uint64_t *idx = NULL;
-        size_t n = 0;
-        uint64_t lo = UINT64_MAX, hi = 0;
-        int r;
+move_data(Qcow2Image *img, Plan *p, uint64_t batch_bytes, uint8_t *buf, RelocResult *res) {
+        _cleanup_free_ RTable *tables = NULL;
+        _cleanup_free_ uint8_t *pool = NULL;
+        _cleanup_(batch_done) Batch b = { 0 };
+        size_t max_tables = MAX((size_t) 1, (size_t) ((8u << 20) / img->cluster_size)), nt = 0;
+        int r = 0;
 
-        list = calloc(img->l1_size + 1, sizeof(Move *));
-        idx = calloc(img->l1_size + 1, sizeof(uint64_t));
-        if (!list || !idx)
+        tables = calloc(max_tables, sizeof(RTable));
+        pool = malloc(max_tables * img->cluster_size);
+        if (!tables || !pool)
                 return -ENOMEM;
-        for (uint64_t i = 0; i < img->l1_size; i++) {
-                uint64_t off = img->l1[i] & L1E_OFFSET_MASK;
-                if (!off || cluster_of(img, off) < p->n)
+        r = batch_init(&b, max_tables * img->l2_entries, max_tables * img->l2_entries * 2);
+        if (r < 0)
+                return r;
+
+        for (size_t i = 0; i <= img->nb_l1refs;) {
+                bool flush = i == img->nb_l1refs;
+                if (!flush) {
+                        uint64_t c = img->l1refs[i].l2;
+                        size_t k = i;
+                        while (k < img->nb_l1refs && img->l1refs[k].l2 == c)
+                                k++;
+                        RTable *tb = &tables[nt];
+                        *tb = (RTable){ .cluster = c,
+                                        .paths = k - i,
+                                        .buf = pool + nt * img->cluster_size };
+                        i = k;
+                        r = qcow2_read_l2(img, offset_of(img, c), tb->buf);
+                        if (r < 0)
+                                return r;
+                        if (rewrite_l2(img, p, tb, &b, &r))
+                                nt++;
+                        if (r < 0)
+                                return r;
+                        flush = nt == max_tables || b.bytes >= batch_bytes;
+                        qcow2_progress(img, "move", i, img->nb_l1refs);
+                } else
+                        i++;
+                if (!flush || nt == 0)
                         continue;
-                Move *m = plan_find(p, cluster_of(img, off));
-                if (!m)
-                        return -EUCLEAN;
-                list[n] = m;
-                idx[n++] = i;
-        }
-        if (n == 0)
-                return 0;
-
-        /* (A)+(B): tables referenced twice (never in a valid active L1) are copied once. */
-        _cleanup_free_ Move **uniq = calloc(n, sizeof(Move *));
-        size_t nu = 0;
-        if (!uniq)
-                return -ENOMEM;
-        for (size_t k = 0; k < n; k++) {
-                if (list[k]->copied || list[k]->queued)
-                        continue;
-                list[k]->queued = true;
-                uniq[nu++] = list[k];
-        }
-        qsort(uniq, nu, sizeof(Move *), cmp_move_ptr);
-        r = raise_and_copy(img, uniq, nu, IO_EV_L2_WRITE, buf, bytes_moved);
-        if (r < 0)
-                return r;
-        res->clusters_moved += nu;
-
-        /* (C) */
-        for (size_t k = 0; k < n; k++) {
-                uint64_t i = idx[k];
-                img->l1[i] = (img->l1[i] & ~L1E_OFFSET_MASK) | offset_of(img, list[k]->dst);
-                lo = MIN(lo, i);
-                hi = MAX(hi, i + 1);
-        }
-        r = expect_kind(img, img->l1_offset, (uint64_t) img->l1_size * 8, CK_L1);
-        if (r < 0)
-                return r;
-        r = l1_write_span(img, lo, hi);
-        if (r < 0)
-                return r;
-        r = qcow2_flush(img);
-        if (r < 0)
-                return r;
-
-        /* (D) */
-        for (size_t k = 0; k < n; k++) {
-                uint64_t c = list[k]->src;
-                uint64_t v = img->refcount[c] - 1;
-                r = qcow2_rc_set(img, c, v);
+                /* (A)+(B) */
+                r = batch_copy(img, &b, IO_EV_DATA_COPY, buf, res);
                 if (r < 0)
                         return r;
-                if (v == 0)
-                        img->kind[c] = CK_FREE;
-        }
-        r = qcow2_rc_write_dirty(img);
-        if (r < 0)
-                return r;
-        return qcow2_flush(img);
-}
-
-/* Moves a contiguous table run (L1 or refcount table) to dst, switching the header group. */
-static int move_run(
-        Qcow2Image *img,
-        uint64_t src,
-        uint64_t dst,
-        uint64_t nclusters,
-        ClusterKind kind,
-        RelocResult *res) {
-        _cleanup_free_ uint8_t *tbl = NULL;
-        uint64_t bytes = nclusters * img->cluster_size;
-        IoEvent ev = kind == CK_L1 ? IO_EV_L1_WRITE : IO_EV_REFTABLE_WRITE;
-        int r;
-
-        /* (A) */
-        for (uint64_t k = 0; k < nclusters; k++) {
-                if (img->kind[dst + k] != CK_FREE || img->refcount[dst + k] != 0)
-                        return -EUCLEAN;
-                r = qcow2_rc_set(img, dst + k, 1);
+                /* (C) */
+                for (size_t t = 0; t < nt; t++) {
+                        RTable *tb = &tables[t];
+                        uint64_t blo = (uint64_t) tb->lo * img->l2_entry_size;
+                        uint64_t bhi = (uint64_t) tb->hi * img->l2_entry_size;
+                        r = expect_kind(img, offset_of(img, tb->cluster), img->cluster_size, CK_L2);
+                        if (r < 0)
+                                return r;
+                        r = qcow2_write(
+                                img,
+                                IO_EV_L2_UPDATE,
+                                tb->buf + blo,
+                                bhi - blo,
+                                offset_of(img, tb->cluster) + blo);
+                        if (r < 0)
+                                return r;
+                }
+                r = qcow2_flush(img);
                 if (r < 0)
                         return r;
-                img->kind[dst + k] = (uint8_t) kind;
-        }
-        r = qcow2_rc_write_dirty(img);
-        if (r < 0)
-                return r;
-
-        /* (B) the table as it is in memory (it already holds every switched pointer) */
-        tbl = calloc(1, bytes);
-        if (!tbl)
-                return -ENOMEM;
-        if (kind == CK_L1)
-                for (uint64_t i = 0; i < img->l1_size; i++)
-                        wr64(tbl + i * 8, img->l1[i]);
-        else
-                for (uint64_t i = 0; i < img->reftable_entries; i++)
-                        wr64(tbl + i * 8, img->reftable[i]);
-        r = qcow2_write(img, ev, tbl, bytes, offset_of(img, dst));
-        if (r < 0)
-                return r;
-        r = qcow2_flush(img);
-        if (r < 0)
-                return r;
-
-        /* (C) one 12-byte header write inside one sector */
-        if (kind == CK_L1)
-                r = qcow2_update_header_l1(img, offset_of(img, dst));
-        else
-                r = qcow2_update_header_reftable(img, offset_of(img, dst), (uint32_t) nclusters);
-        if (r < 0)
-                return r;
-        r = qcow2_flush(img);
-        if (r < 0)
-                return r;
-
-        /* (D) */
-        for (uint64_t k = 0; k < nclusters; k++) {
-                r = qcow2_rc_set(img, src + k, 0);
+                /* (D) */
+                r = batch_lower(img, &b);
                 if (r < 0)
                         return r;
-                img->kind[src + k] = CK_FREE;
+                nt = 0;
         }
-        r = qcow2_rc_write_dirty(img);
-        if (r < 0)
-                return r;
-        r = qcow2_flush(img);
-        if (r < 0)
-                return r;
-        res->clusters_moved += nclusters;
         return 0;
 }
 
-static int move_refblocks(Qcow2Image *img, Plan *p, RelocResult *res, uint64_t *bytes_moved) {
+/* Writes entries [lo, hi) of bitmap table i from memory. */
+static int bitmap_table_write_span(Qcow2Image *img, uint32_t i, uint64_t lo, uint64_t hi) {
+        Bitmap *bm = &img->bitmaps[i];
+        _cleanup_free_ uint8_t *tmp = malloc((hi - lo) * 8 + 1);
+        if (!tmp)
+                return -ENOMEM;
+        for (uint64_t k = lo; k < hi; k++)
+                wr64(tmp + (k - lo) * 8, bm->table[k]);
+        return qcow2_write(img, IO_EV_BITMAP_UPDATE, tmp, (hi - lo) * 8, bm->table_offset + lo * 8);
+}
+
+static int move_bitmap_data(Qcow2Image *img, Plan *p, uint8_t *buf, RelocResult *res) {
+        _cleanup_(batch_done) Batch b = { 0 };
+        _cleanup_free_ uint64_t *lo = NULL, *hi = NULL;
+        size_t total = 0;
+        int r;
+
+        if (!img->bitmaps)
+                return 0;
+        for (uint32_t i = 0; i < img->nb_bitmaps; i++)
+                total += img->bitmaps[i].table_size;
+        lo = calloc(img->nb_bitmaps, sizeof(uint64_t));
+        hi = calloc(img->nb_bitmaps, sizeof(uint64_t));
+        if (!lo || !hi)
+                return -ENOMEM;
+        r = batch_init(&b, total, total);
+        if (r < 0)
+                return r;
+        for (uint32_t i = 0; i < img->nb_bitmaps; i++) {
+                Bitmap *bm = &img->bitmaps[i];
+                lo[i] = UINT64_MAX;
+                for (uint64_t k = 0; bm->table && k < bm->table_size; k++) {
+                        uint64_t c = cluster_of(img, bm->table[k] & BME_OFFSET_MASK);
+                        if (!(bm->table[k] & BME_OFFSET_MASK) || c < p->n)
+                                continue;
+                        Move *m = plan_find(p, c);
+                        if (!m)
+                                return -EUCLEAN;
+                        bm->table[k] =
+                                (bm->table[k] & ~BME_OFFSET_MASK) | offset_of(img, move_dst(m, c));
+                        batch_queue(img, &b, m);
+                        batch_release(&b, c, 1);
+                        lo[i] = MIN(lo[i], k);
+                        hi[i] = MAX(hi[i], k + 1);
+                }
+        }
+        if (b.nr == 0)
+                return 0;
+        r = batch_copy(img, &b, IO_EV_DATA_COPY, buf, res);
+        if (r < 0)
+                return r;
+        for (uint32_t i = 0; i < img->nb_bitmaps; i++) {
+                if (hi[i] == 0)
+                        continue;
+                r = bitmap_table_write_span(img, i, lo[i], hi[i]);
+                if (r < 0)
+                        return r;
+        }
+        r = qcow2_flush(img);
+        if (r < 0)
+                return r;
+        return batch_lower(img, &b);
+}
+
+static int move_l2_tables(Qcow2Image *img, Plan *p, uint8_t *buf, RelocResult *res) {
+        _cleanup_(batch_done) Batch b = { 0 };
+        _cleanup_free_ uint64_t *lo = NULL, *hi = NULL;
+        uint32_t nl1 = img->nb_snapshots + 1;
+        int r;
+
+        lo = calloc(nl1, sizeof(uint64_t));
+        hi = calloc(nl1, sizeof(uint64_t));
+        if (!lo || !hi)
+                return -ENOMEM;
+        r = batch_init(&b, img->nb_l1refs, img->nb_l1refs);
+        if (r < 0)
+                return r;
+        for (uint32_t t = 0; t < nl1; t++)
+                lo[t] = UINT64_MAX;
+        for (size_t i = 0; i < img->nb_l1refs; i++) {
+                L1Ref *ref = &img->l1refs[i];
+                if (ref->l2 < p->n)
+                        continue;
+                Move *m = plan_find(p, ref->l2);
+                if (!m)
+                        return -EUCLEAN;
+                uint32_t size;
+                uint64_t off;
+                uint64_t *l1 = qcow2_l1_table(img, ref->table, &size, &off);
+                /* COPIED is kept: the destination inherits the source's refcount. */
+                l1[ref->index] =
+                        (l1[ref->index] & ~L1E_OFFSET_MASK) | offset_of(img, move_dst(m, ref->l2));
+                batch_queue(img, &b, m);
+                batch_release(&b, ref->l2, 1);
+                lo[ref->table] = MIN(lo[ref->table], (uint64_t) ref->index);
+                hi[ref->table] = MAX(hi[ref->table], (uint64_t) ref->index + 1);
+                ref->l2 = move_dst(m, ref->l2);
+        }
+        if (b.nr == 0)
+                return 0;
+        /* (A)+(B): tables referenced from several L1s are copied once */
+        r = batch_copy(img, &b, IO_EV_L2_WRITE, buf, res);
+        if (r < 0)
+                return r;
+        /* (C) */
+        for (uint32_t t = 0; t < nl1; t++) {
+                r = qcow2_l1_write_span(img, t, lo[t], hi[t]);
+                if (r < 0)
+                        return r;
+        }
+        r = qcow2_flush(img);
+        if (r < 0)
+                return r;
+        /* (D) */
+        return batch_lower(img, &b);
+}
+
+/* The bytes of a table run as they must be written at its new place. */
+static uint8_t *run_content(Qcow2Image *img, const Run *run) {
+        uint64_t bytes = run->n * img->cluster_size;
+        uint8_t *t = calloc(1, bytes);
+        if (!t)
+                return NULL;
+        switch (run->kind) {
+        case RUN_L1:
+                for (uint64_t i = 0; i < img->l1_size; i++)
+                        wr64(t + i * 8, img->l1[i]);
+                break;
+        case RUN_SNAP_L1: {
+                Snapshot *s = &img->snapshots[run->id];
+                for (uint64_t i = 0; i < s->l1_size; i++)
+                        wr64(t + i * 8, s->l1[i]);
+                break;
+        }
+        case RUN_SNAP_TABLE:
+                memcpy(t, img->snap_raw, img->snapshots_size);
+                break;
+        case RUN_BITMAP_DIR:
+                memcpy(t, img->bitmap_dir_raw, img->bitmap_dir_size);
+                break;
+        case RUN_BITMAP_TABLE: {
+                Bitmap *b = &img->bitmaps[run->id];
+                for (uint64_t i = 0; i < b->table_size; i++)
+                        wr64(t + i * 8, b->table[i]);
+                break;
+        }
+        case RUN_REFTABLE:
+                for (uint64_t i = 0; i < img->reftable_entries; i++)
+                        wr64(t + i * 8, img->reftable[i]);
+                break;
+        }
+        return t;
+}
+
+/* (C) for a table run: the one pointer to it, one aligned write inside one sector. */
+static int run_switch(Qcow2Image *img, const Run *run, uint64_t new_off) {
+        uint8_t b8[8], b12[12];
+        int r;
+
+        switch (run->kind) {
+        case RUN_L1:
+                return qcow2_update_header_l1(img, new_off);
+        case RUN_REFTABLE:
+                return qcow2_update_header_reftable(img, new_off, (uint32_t) run->n);
+        case RUN_SNAP_L1: {
+                Snapshot *s = &img->snapshots[run->id];
+                wr64(b8, new_off); /* spec: snapshot table entry, l1_table_offset at +0 */
+                r = qcow2_write(
+                        img, IO_EV_SNAPSHOT_UPDATE, b8, 8, img->snapshots_offset + s->entry_off);
+                if (r < 0)
+                        return r;
+                memcpy(img->snap_raw + s->entry_off, b8, 8);
+                s->l1_offset = new_off;
+                return 0;
+        }
+        case RUN_SNAP_TABLE:
+                wr32(b12, img->nb_snapshots); /* header: nb_snapshots + snapshots_offset, at 60 */
+                wr64(b12 + 4, new_off);
+                r = qcow2_write(img, IO_EV_HEADER_UPDATE, b12, 12, QCOW2_HDR_SNAPSHOTS);
+                if (r < 0)
+                        return r;
+                img->snapshots_offset = new_off;
+                return 0;
+        case RUN_BITMAP_DIR:
+                wr64(b8, new_off); /* bitmaps extension: bitmap_directory_offset at +16 */
+                r = qcow2_write(img, IO_EV_HEADER_UPDATE, b8, 8, img->bitmaps_ext_pos + 16);
+                if (r < 0)
+                        return r;
+                img->bitmap_dir_offset = new_off;
+                return 0;
+        case RUN_BITMAP_TABLE: {
+                Bitmap *b = &img->bitmaps[run->id];
+                wr64(b8, new_off); /* bitmap directory entry: bitmap_table_offset at +0 */
+                r = qcow2_write(
+                        img, IO_EV_BITMAP_UPDATE, b8, 8, img->bitmap_dir_offset + b->entry_off);
+                if (r < 0)
+                        return r;
+                memcpy(img->bitmap_dir_raw + b->entry_off, b8, 8);
+                b->table_offset = new_off;
+                return 0;
+        }
+        }
+        return -EINVAL;
+}
+
+static IoEvent run_event(RunKind k) {
+        switch (k) {
+        case RUN_L1:
+                return IO_EV_L1_WRITE;
+        case RUN_REFTABLE:
+                return IO_EV_REFTABLE_WRITE;
+        case RUN_SNAP_L1:
+        case RUN_SNAP_TABLE:
+                return IO_EV_SNAPSHOT_UPDATE;
+        default:
+                return IO_EV_BITMAP_UPDATE;
+        }
+}
+
+/* Moves one table run: (A) raise, (B) write from memory, flush, (C) switch, flush, (D) lower,
+ * flush. */
+static int move_run(Qcow2Image *img, Run *run, RelocResult *res) {
+        _cleanup_free_ uint8_t *tbl = NULL;
+        ClusterKind kind = img->kind[run->src];
+        int r;
+
+        for (uint64_t k = 0; k < run->n; k++) {
+                if (img->kind[run->dst + k] != CK_FREE || img->refcount[run->dst + k] != 0)
+                        return -EUCLEAN;
+                r = qcow2_rc_set(img, run->dst + k, 1);
+                if (r < 0)
+                        return r;
+                img->kind[run->dst + k] = (uint8_t) kind;
+        }
+        r = qcow2_rc_write_dirty(img);
+        if (r < 0)
+                return r;
+        tbl = run_content(img, run);
+        if (!tbl)
+                return -ENOMEM;
+        r = qcow2_write(
+                img,
+                run_event(run->kind),
+                tbl,
+                run->n * img->cluster_size,
+                offset_of(img, run->dst));
+        if (r < 0)
+                return r;
+        r = qcow2_flush(img);
+        if (r < 0)
+                return r;
+
+        r = run_switch(img, run, offset_of(img, run->dst));
+        if (r < 0)
+                return r;
+        r = qcow2_flush(img);
+        if (r < 0)
+                return r;
+
+        for (uint64_t k = 0; k < run->n; k++) {
+                r = qcow2_rc_set(img, run->src + k, 0);
+                if (r < 0)
+                        return r;
+                img->kind[run->src + k] = CK_FREE;
+        }
+        r = qcow2_rc_write_dirty(img);
+        if (r < 0)
+                return r;
+        r = qcow2_flush(img);
+        if (r < 0)
+                return r;
+        res->clusters_moved += run->n;
+        res->bytes_moved += run->n * img->cluster_size;
+        run->src = run->dst;
+        return 0;
+}
+
+static int move_runs_of(Qcow2Image *img, Plan *p, RunKind kind, RelocResult *res) {
+        for (size_t k = 0; k < p->nb_runs; k++) {
+                if (!p->runs[k].move || p->runs[k].kind != kind)
+                        continue;
+                int r = move_run(img, &p->runs[k], res);
+                if (r < 0)
+                        return r;
+                p->runs[k].move = false;
+        }
+        return 0;
+}
+
+static int move_refblocks(Qcow2Image *img, Plan *p, RelocResult *res) {
         _cleanup_free_ uint64_t *idx = NULL;
         _cleanup_free_ Move **list = NULL;
         _cleanup_free_ uint8_t *block = NULL;
@@ -648,7 +965,7 @@ static int move_refblocks(Qcow2Image *img, Plan *p, RelocResult *res, uint64_t *
                         offset_of(img, list[k]->dst));
                 if (r < 0)
                         return r;
-                *bytes_moved += img->cluster_size;
+                res->bytes_moved += img->cluster_size;
         }
         r = qcow2_flush(img);
         if (r < 0)
@@ -695,7 +1012,7 @@ static int release_tail(Qcow2Image *img, Plan *p, RelocResult *res) {
          * refcount that was higher than its references). The post-check re-walks the image.
          */
         for (uint64_t c = p->n; c < img->nb_clusters; c++) {
-                if (img->refcount[c] == 0 || block_dropped(img, p, c))
+                if (img->refcount[c] == 0 || block_dropped(img, p->n, c))
                         continue;
                 img->kind[c] = CK_FREE;
                 if (qcow2_rc_covered(img, c)) {
@@ -717,7 +1034,7 @@ static int release_tail(Qcow2Image *img, Plan *p, RelocResult *res) {
         if (!blocks)
                 return -ENOMEM;
         for (uint64_t i = 0; i < img->reftable_entries; i++) {
-                if (!(p->dropped[i / 8] & (1U << (i % 8))))
+                if (!bm_get(p->dropped, i))
                         continue;
                 blocks[nb++] = cluster_of(img, img->reftable[i] & REFT_OFFSET_MASK);
                 img->reftable[i] = 0;
@@ -774,7 +1091,6 @@ int qcow2_relocate(
         _cleanup_(plan_done) Plan p = { 0 };
         _cleanup_free_ uint8_t *buf = NULL;
         RelocResult res = { 0 };
-        uint64_t bytes_moved = 0;
         int r;
 
         if (!img->walked)
@@ -785,8 +1101,11 @@ int qcow2_relocate(
         res.new_end_clusters = p.n;
 
         if (simulate) {
-                res.clusters_moved = p.nb_moves + (p.move_l1 ? p.l1_clusters : 0) +
-                        (p.move_reftable ? p.reftable_clusters : 0);
+                for (size_t k = 0; k < p.nb_moves; k++)
+                        res.clusters_moved += p.moves[k].n;
+                for (size_t k = 0; k < p.nb_runs; k++)
+                        if (p.runs[k].move)
+                                res.clusters_moved += p.runs[k].n;
                 res.bytes_moved = res.clusters_moved * img->cluster_size;
                 *ret = res;
                 return 0;
@@ -798,40 +1117,25 @@ int qcow2_relocate(
         if (batch_bytes == 0)
                 batch_bytes = 32u << 20;
 
-        r = move_data(img, &p, batch_bytes, buf, &res, &bytes_moved);
-        if (r < 0)
-                return qcow2_diag(diag, r, "moving data clusters failed: %s", strerror(-r));
-        r = move_l2_tables(img, &p, buf, &res, &bytes_moved);
-        if (r < 0)
-                return qcow2_diag(diag, r, "moving L2 tables failed: %s", strerror(-r));
-        if (p.move_l1) {
-                r = move_run(
-                        img, cluster_of(img, img->l1_offset), p.l1_dst, p.l1_clusters, CK_L1, &res);
-                if (r < 0)
-                        return qcow2_diag(diag, r, "moving the L1 table failed: %s", strerror(-r));
-                bytes_moved += p.l1_clusters * img->cluster_size;
-        }
-        r = move_refblocks(img, &p, &res, &bytes_moved);
-        if (r < 0)
-                return qcow2_diag(diag, r, "moving refcount blocks failed: %s", strerror(-r));
-        if (p.move_reftable) {
-                r = move_run(
-                        img,
-                        cluster_of(img, img->reftable_offset),
-                        p.reftable_dst,
-                        p.reftable_clusters,
-                        CK_REFTABLE,
-                        &res);
-                if (r < 0)
-                        return qcow2_diag(
-                                diag, r, "moving the refcount table failed: %s", strerror(-r));
-                bytes_moved += p.reftable_clusters * img->cluster_size;
-        }
-        r = release_tail(img, &p, &res);
-        if (r < 0)
-                return qcow2_diag(diag, r, "releasing the tail failed: %s", strerror(-r));
-        qcow2_progress(img, "move", img->l1_size, img->l1_size);
-        res.bytes_moved = bytes_moved;
+#define STEP(call, what)                                                                        \
+        do {                                                                                    \
+                r = (call);                                                                     \
+                if (r < 0)                                                                      \
+                        return qcow2_diag(diag, r, "moving %s failed: %s", what, strerror(-r)); \
+        } while (0)
+        STEP(move_data(img, &p, batch_bytes, buf, &res), "data clusters");
+        STEP(move_bitmap_data(img, &p, buf, &res), "bitmap data");
+        STEP(move_l2_tables(img, &p, buf, &res), "L2 tables");
+        STEP(move_runs_of(img, &p, RUN_BITMAP_TABLE, &res), "bitmap tables");
+        STEP(move_runs_of(img, &p, RUN_L1, &res), "the L1 table");
+        STEP(move_runs_of(img, &p, RUN_SNAP_L1, &res), "snapshot L1 tables");
+        STEP(move_runs_of(img, &p, RUN_SNAP_TABLE, &res), "the snapshot table");
+        STEP(move_runs_of(img, &p, RUN_BITMAP_DIR, &res), "the bitmap directory");
+        STEP(move_refblocks(img, &p, &res), "refcount blocks");
+        STEP(move_runs_of(img, &p, RUN_REFTABLE, &res), "the refcount table");
+        STEP(release_tail(img, &p, &res), "the tail");
+#undef STEP
+        qcow2_progress(img, "move", 1, 1);
         *ret = res;
         return 0;
 }

@@ -16,6 +16,8 @@ typedef struct WalkCtx {
         uint8_t *copied_clear; /* bitmap: referenced from the active tree without COPIED */
         uint8_t *l2buf;
         uint64_t last_host; /* for the preallocation heuristic */
+        L1Ref *refs;        /* every L1 entry seen, grown as needed */
+        size_t nb_refs, max_refs;
 } WalkCtx;
 
 static inline void bit_set(uint8_t *bm, uint64_t i) {
@@ -31,6 +33,10 @@ void qcow2_walk_reset(Qcow2Image *img) {
         img->rb_dirty_lo = mfree(img->rb_dirty_lo);
         img->rb_dirty_hi = mfree(img->rb_dirty_hi);
         img->rb_dirty_list = mfree(img->rb_dirty_list);
+        img->l1refs = mfree(img->l1refs);
+        img->nb_l1refs = 0;
+        img->cjoin = mfree(img->cjoin);
+        img->overcounted = mfree(img->overcounted);
         img->rb_dirty_n = 0;
         img->walked = false;
         img->leaked_clusters = img->leaks_past_eof = img->partial_leaks = 0;
@@ -114,6 +120,17 @@ static int walk_l2(WalkCtx *ctx, uint64_t l1_index, const uint8_t *l2, bool acti
                                         ")",
                                         l1_index);
                         qcow2_compressed_range(img, e, &coff, &clen);
+                        if (img->l2_entry_size == 16 && l2e_bitmap(img, l2, j))
+                                return qcow2_diag(
+                                        ctx->diag,
+                                        -EUCLEAN,
+                                        "compressed cluster with a subcluster bitmap");
+                        if (clen > 0 && coff + clen > coff &&
+                            cluster_of(img, coff + clen - 1) < img->nb_clusters)
+                                for (uint64_t c = cluster_of(img, coff);
+                                     c < cluster_of(img, coff + clen - 1);
+                                     c++)
+                                        bm_set(img->cjoin, c);
                         r = add_ref(ctx, coff, clen, CK_COMPRESSED);
                         if (r < 0)
                                 return r;
@@ -179,7 +196,8 @@ static int walk_l2(WalkCtx *ctx, uint64_t l1_index, const uint8_t *l2, bool acti
         return 0;
 }
 
-static int walk_l1(WalkCtx *ctx, const uint64_t *l1, uint32_t l1_size, bool active) {
+static int walk_l1(WalkCtx *ctx, const uint64_t *l1, uint32_t l1_size, uint32_t table) {
+        bool active = table == 0;
         Qcow2Image *img = ctx->img;
         int r;
 
@@ -205,6 +223,16 @@ static int walk_l1(WalkCtx *ctx, const uint64_t *l1, uint32_t l1_size, bool acti
                 r = add_ref(ctx, off, img->cluster_size, CK_L2);
                 if (r < 0)
                         return r;
+                if (ctx->nb_refs == ctx->max_refs) {
+                        size_t n = MAX(ctx->max_refs * 2, (size_t) 1024);
+                        L1Ref *p = realloc(ctx->refs, n * sizeof(L1Ref));
+                        if (!p)
+                                return -ENOMEM;
+                        ctx->refs = p;
+                        ctx->max_refs = n;
+                }
+                ctx->refs[ctx->nb_refs++] =
+                        (L1Ref){ .l2 = cluster_of(img, off), .table = table, .index = i };
                 if (active) {
                         note_copied(ctx, off, e & QCOW_OFLAG_COPIED);
                         img->l2_tables++;
@@ -249,9 +277,11 @@ static int walk_snapshots(WalkCtx *ctx) {
                                 ctx->diag, r, "cannot read a snapshot L1 table: %s", strerror(-r));
                 for (uint32_t k = 0; k < s->l1_size; k++)
                         l1[k] = be64toh(l1[k]);
-                r = walk_l1(ctx, l1, s->l1_size, false);
+                r = walk_l1(ctx, l1, s->l1_size, i + 1);
                 if (r < 0)
                         return r;
+                free(s->l1);
+                s->l1 = TAKE_PTR(l1);
         }
         if (img->nb_snapshots > 0)
                 return add_ref(
@@ -295,6 +325,7 @@ static int walk_bitmaps(WalkCtx *ctx) {
                                 ctx->diag, r, "cannot read a bitmap table: %s", strerror(-r));
                 for (uint32_t k = 0; k < b->table_size; k++) {
                         uint64_t e = be64toh(t[k]);
+                        t[k] = e;
                         if (e & BME_RESERVED_MASK)
                                 return qcow2_diag(
                                         ctx->diag,
@@ -310,6 +341,8 @@ static int walk_bitmaps(WalkCtx *ctx) {
                                         return r;
                         }
                 }
+                free(b->table);
+                b->table = TAKE_PTR(t);
         }
         return 0;
 }
@@ -452,6 +485,7 @@ static int compare_refcounts(WalkCtx *ctx) {
                                                         " has an absurd refcount",
                                                         c);
                                         img->refcount[c] = (uint32_t) v;
+                                        bm_set(img->overcounted, c);
                                         img->partial_leaks++;
                                 }
                         }
@@ -484,9 +518,22 @@ static int check_copied(WalkCtx *ctx) {
         return 0;
 }
 
+static void walk_ctx_done(WalkCtx *ctx) {
+        free(ctx->refs);
+}
+
+static int cmp_l1ref(const void *a, const void *b) {
+        const L1Ref *x = a, *y = b;
+        if (x->l2 != y->l2)
+                return x->l2 < y->l2 ? -1 : 1;
+        if (x->table != y->table)
+                return x->table < y->table ? -1 : 1;
+        return x->index < y->index ? -1 : x->index > y->index;
+}
+
 int qcow2_walk(Qcow2Image *img, Qcow2Diag *diag) {
         _cleanup_free_ uint8_t *copied_set = NULL, *copied_clear = NULL, *l2buf = NULL;
-        WalkCtx ctx = { .img = img, .diag = diag };
+        _cleanup_(walk_ctx_done) WalkCtx ctx = { .img = img, .diag = diag };
         uint64_t bitmap_bytes;
         int r;
 
@@ -510,10 +557,12 @@ int qcow2_walk(Qcow2Image *img, Qcow2Diag *diag) {
         img->rb_dirty_hi = calloc(img->reftable_entries + 1, sizeof(uint32_t));
         img->rb_dirty_list = calloc(img->reftable_entries + 1, sizeof(uint64_t));
         copied_set = calloc(1, bitmap_bytes);
+        img->cjoin = calloc(1, bitmap_bytes);
+        img->overcounted = calloc(1, bitmap_bytes);
         copied_clear = calloc(1, bitmap_bytes);
         l2buf = malloc(img->cluster_size);
-        if (!img->refcount || !img->kind || !img->rb_dirty_lo || !img->rb_dirty_hi ||
-            !img->rb_dirty_list || !copied_set || !copied_clear || !l2buf)
+        if (!img->refcount || !img->kind || !img->rb_dirty_lo || !img->rb_dirty_hi || !img->cjoin ||
+            !img->overcounted || !img->rb_dirty_list || !copied_set || !copied_clear || !l2buf)
                 return -ENOMEM;
         ctx.copied_set = copied_set;
         ctx.copied_clear = copied_clear;
@@ -532,7 +581,7 @@ int qcow2_walk(Qcow2Image *img, Qcow2Diag *diag) {
                 if (r < 0)
                         return r;
         }
-        r = walk_l1(&ctx, img->l1, img->l1_size, true);
+        r = walk_l1(&ctx, img->l1, img->l1_size, 0);
         if (r < 0)
                 return r;
         r = walk_snapshots(&ctx);
@@ -560,8 +609,61 @@ int qcow2_walk(Qcow2Image *img, Qcow2Diag *diag) {
         if (r < 0)
                 return r;
         qcow2_progress(img, "check", img->l1_size, img->l1_size);
+        qsort(ctx.refs, ctx.nb_refs, sizeof(L1Ref), cmp_l1ref);
+        img->nb_l1refs = ctx.nb_refs;
+        img->l1refs = TAKE_PTR(ctx.refs);
         img->walked = true;
         return 0;
+}
+
+uint64_t *qcow2_l1_table(Qcow2Image *img, uint32_t t, uint32_t *ret_size, uint64_t *ret_offset) {
+        if (t == 0) {
+                *ret_size = img->l1_size;
+                *ret_offset = img->l1_offset;
+                return img->l1;
+        }
+        Snapshot *s = &img->snapshots[t - 1];
+        *ret_size = s->l1_size;
+        *ret_offset = s->l1_offset;
+        return s->l1;
+}
+
+uint64_t qcow2_l2_paths(const Qcow2Image *img, uint64_t c) {
+        size_t lo = 0, hi = img->nb_l1refs;
+        while (lo < hi) { /* first entry with l2 >= c */
+                size_t mid = lo + (hi - lo) / 2;
+                if (img->l1refs[mid].l2 < c)
+                        lo = mid + 1;
+                else
+                        hi = mid;
+        }
+        uint64_t n = 0;
+        for (size_t i = lo; i < img->nb_l1refs && img->l1refs[i].l2 == c; i++)
+                n++;
+        return n;
+}
+
+int qcow2_l1_write_span(Qcow2Image *img, uint32_t t, uint64_t lo, uint64_t hi) {
+        _cleanup_free_ uint8_t *buf = NULL;
+        uint32_t size;
+        uint64_t off;
+        uint64_t *l1 = qcow2_l1_table(img, t, &size, &off);
+
+        if (hi <= lo)
+                return 0;
+        if (hi > size)
+                return -EINVAL;
+        buf = malloc((hi - lo) * 8);
+        if (!buf)
+                return -ENOMEM;
+        for (uint64_t i = lo; i < hi; i++)
+                wr64(buf + (i - lo) * 8, l1[i]);
+        return qcow2_write(
+                img,
+                t == 0 ? IO_EV_L1_UPDATE : IO_EV_SNAPSHOT_UPDATE,
+                buf,
+                (hi - lo) * 8,
+                off + lo * 8);
 }
 
 int qcow2_repair_leaks(Qcow2Image *img, uint64_t *ret_repaired) {

@@ -3,19 +3,27 @@
  * Zero pass: allocated data clusters that read as all zeros are released.
  *
  *   no backing file      -> entry 0 (unallocated reads as zeros), v2 and v3; an L2 table left
- *                           with nothing allocated is freed and its L1 entry cleared
- *   backing file, v3     -> zero flag (0x1): reads zeros without consulting the backing file
- *   backing file, v2     -> kept: v2 has no zero flag
+ *                           with nothing allocated is freed and every L1 entry to it cleared
+ *   backing file, v3     -> zero flag (0x1), or for extended L2 the subclusters' zero bits
+ *   backing file, v2     -> counted, kept: v2 has no zero flag
  *
- * Zero-alloc entries (zero flag + host cluster) hold a cluster that is never read: released
- * without reading it. Shared clusters and shared L2 tables (refcount > 1) are left alone.
+ * Every L2 table of every L1 (active and snapshots) is visited once. A table shared by p L1
+ * entries gives each of its entries p references, so rewriting one entry there removes p
+ * references. Rewriting a shared table in place is fine because the change preserves what
+ * every view reads. A shared data cluster gets the same decision at each referrer (the zero
+ * test is cached per host cluster), so it is released everywhere or nowhere, and the COPIED
+ * flags of the entries that stay remain exact. Clusters whose refcount is above their
+ * references are left alone.
+ *
+ * Zero-alloc entries (and extended entries with a host cluster but no allocated subcluster)
+ * are released without reading. Compressed clusters are inflated to test them.
  *
  * Finding zeros is the expensive part, so: holes in the host file (SEEK_DATA) cost no I/O,
  * candidates are read in host order, and a cluster's scan stops at its first non-zero byte
  * (a small probe first, then the rest).
  *
- * Ordering per group of L2 tables (leak-only, DESIGN.md): (C) rewrite L2 entries and clear L1
- * entries of emptied tables, flush; (D) lower the refcounts of the released clusters, flush.
+ * Ordering per group of L2 tables (leak-only, DESIGN.md): (C) rewrite L2 entries and clear the
+ * L1 entries of emptied tables, flush; (D) lower the refcounts of what was released, flush.
  */
 
 #include "qcow2-internal.h"
@@ -38,24 +46,47 @@ bool qcow2_buffer_is_zero(const void *buf, size_t len) {
 }
 
 typedef struct ZTable {
-        uint64_t l1_index;
-        uint64_t offset;
+        uint64_t cluster;
+        uint64_t paths; /* L1 entries pointing at this table */
         uint8_t *buf;
-        uint32_t dirty_lo, dirty_hi; /* entries */
+        uint32_t lo, hi; /* dirty entries */
         bool freed;
 } ZTable;
 
+typedef enum ZKind {
+        ZK_TEST,       /* standard data cluster: read and test */
+        ZK_NOREAD,     /* reads as zeros already (zero-alloc, no allocated subcluster) */
+        ZK_EXT,        /* extended entry: test the allocated subclusters */
+        ZK_COMPRESSED, /* inflate and test */
+} ZKind;
+
 typedef struct ZCand {
-        uint64_t host;  /* host offset of the data cluster */
-        uint32_t table; /* index into the group's tables */
-        uint32_t entry;
-        bool zero_alloc; /* released without reading: the entry already says "zeros" */
+        uint64_t host;   /* host offset (byte offset for compressed streams) */
+        uint64_t entry;  /* first 8 bytes of the entry */
+        uint64_t bitmap; /* extended L2 subcluster bitmap */
+        uint32_t table;
+        uint32_t j;
+        uint8_t kind;
+        bool zero;
 } ZCand;
 
 typedef struct HoleCache {
         uint64_t hole_lo, hole_hi;
         uint64_t data_lo, data_hi;
 } HoleCache;
+
+typedef struct ZCtx {
+        Qcow2Image *img;
+        bool simulate;
+        bool can_release;
+        bool backing;
+        HoleCache hc;
+        uint8_t *buf;              /* one cluster */
+        uint8_t *cbuf;             /* compressed input (two clusters) */
+        uint8_t *tested, *is_zero; /* whole-cluster test cache, bitmaps over host clusters */
+        uint64_t *l1_lo, *l1_hi;   /* dirty span per L1 table */
+        ZeroPassResult res;
+} ZCtx;
 
 static int cmp_cand(const void *a, const void *b) {
         const ZCand *x = a, *y = b;
@@ -88,145 +119,218 @@ static int range_is_hole(Qcow2Image *img, HoleCache *hc, uint64_t off, uint64_t 
         return 0;
 }
 
-/* 1 if the cluster at host offset `off` reads as all zeros, 0 if not, -errno on error. */
-static int cluster_is_zero(Qcow2Image *img, HoleCache *hc, uint8_t *buf, uint64_t off) {
-        uint64_t len = img->cluster_size;
+/* 1 if host bytes [off, off+len) read as zeros (past EOF counts as zeros), 0 if not. */
+static int range_is_zero(ZCtx *z, uint64_t off, uint64_t len) {
+        Qcow2Image *img = z->img;
         int r;
 
-        /* A cluster partly past the end of the file reads zeros there (QEMU tolerates it). */
         if (off >= img->file_size)
                 return 1;
         len = MIN(len, img->file_size - off);
-
-        r = range_is_hole(img, hc, off, len);
+        r = range_is_hole(img, &z->hc, off, len);
         if (r != 0)
                 return r;
-
         uint64_t probe = MIN(len, (uint64_t) ZERO_PROBE);
-        r = io_pread(img->io, buf, probe, off);
+        r = io_pread(img->io, z->buf, probe, off);
         if (r < 0)
                 return r;
-        if (!qcow2_buffer_is_zero(buf, probe))
+        if (!qcow2_buffer_is_zero(z->buf, probe))
                 return 0;
         for (uint64_t pos = probe; pos < len;) {
-                uint64_t n = MIN(len - pos, (uint64_t) 1 << 20);
-                r = io_pread(img->io, buf, n, off + pos);
+                uint64_t n = MIN(len - pos, img->cluster_size);
+                r = io_pread(img->io, z->buf, n, off + pos);
                 if (r < 0)
                         return r;
-                if (!qcow2_buffer_is_zero(buf, n))
+                if (!qcow2_buffer_is_zero(z->buf, n))
                         return 0;
                 pos += n;
         }
         return 1;
 }
 
-static void table_set(Qcow2Image *img, ZTable *t, uint32_t j, uint64_t value) {
-        wr64(t->buf + (uint64_t) j * img->l2_entry_size, value);
-        if (t->dirty_lo >= t->dirty_hi) {
-                t->dirty_lo = j;
-                t->dirty_hi = j + 1;
+/* Whole host cluster c reads as zeros? Cached: a shared cluster is tested once. */
+static int cluster_is_zero(ZCtx *z, uint64_t c) {
+        if (!bm_get(z->tested, c)) {
+                int r = range_is_zero(z, offset_of(z->img, c), z->img->cluster_size);
+                if (r < 0)
+                        return r;
+                bm_set(z->tested, c);
+                if (r)
+                        bm_set(z->is_zero, c);
+        }
+        return bm_get(z->is_zero, c);
+}
+
+static int decide(ZCtx *z, ZCand *cd) {
+        Qcow2Image *img = z->img;
+        uint64_t c = cluster_of(img, cd->host);
+        int r;
+
+        switch (cd->kind) {
+        case ZK_NOREAD:
+                return 1;
+        case ZK_TEST:
+                return cluster_is_zero(z, c);
+        case ZK_EXT: {
+                if (bm_get(z->tested, c) && bm_get(z->is_zero, c))
+                        return 1;
+                /* A shared cluster needs one decision for all referrers: the whole cluster. */
+                if (img->refcount[c] > 1)
+                        return cluster_is_zero(z, c);
+                uint64_t sub = img->cluster_size / 32;
+                for (unsigned k = 0; k < 32; k++) {
+                        if (!(cd->bitmap & (1ULL << k)))
+                                continue;
+                        r = range_is_zero(z, cd->host + k * sub, sub);
+                        if (r <= 0)
+                                return r;
+                }
+                return 1;
+        }
+        case ZK_COMPRESSED: {
+                uint64_t coff, clen;
+                qcow2_compressed_range(img, cd->entry, &coff, &clen);
+                clen = MIN(clen, 2 * img->cluster_size);
+                if (coff >= img->file_size)
+                        return 0;
+                clen = MIN(clen, img->file_size - coff);
+                r = io_pread(img->io, z->cbuf, clen, coff);
+                if (r < 0)
+                        return r;
+                if (qcow2_decompress(img, z->cbuf, clen, z->buf) < 0)
+                        return 0; /* undecodable: not ours to judge, keep it */
+                return qcow2_buffer_is_zero(z->buf, img->cluster_size);
+        }
+        }
+        return 0;
+}
+
+static void table_set(Qcow2Image *img, ZTable *t, uint32_t j, uint64_t entry, uint64_t bitmap) {
+        wr64(t->buf + (uint64_t) j * img->l2_entry_size, entry);
+        if (img->l2_entry_size == 16)
+                wr64(t->buf + (uint64_t) j * 16 + 8, bitmap);
+        if (t->lo >= t->hi) {
+                t->lo = j;
+                t->hi = j + 1;
         } else {
-                t->dirty_lo = MIN(t->dirty_lo, j);
-                t->dirty_hi = MAX(t->dirty_hi, j + 1);
+                t->lo = MIN(t->lo, j);
+                t->hi = MAX(t->hi, j + 1);
         }
 }
 
-/* Writes L1 entries [lo, hi) from memory. */
-static int l1_write_span(Qcow2Image *img, uint64_t lo, uint64_t hi) {
-        _cleanup_free_ uint8_t *buf = NULL;
-
-        if (hi <= lo)
-                return 0;
-        buf = malloc((hi - lo) * 8);
-        if (!buf)
-                return -ENOMEM;
-        for (uint64_t i = lo; i < hi; i++)
-                wr64(buf + (i - lo) * 8, img->l1[i]);
-        return qcow2_write(img, IO_EV_L1_UPDATE, buf, (hi - lo) * 8, img->l1_offset + lo * 8);
-}
-
-/* Lowers refcount of cluster c by one (in memory only when simulating). */
-static int release_cluster(Qcow2Image *img, uint64_t c, bool simulate) {
-        uint64_t v = img->refcount[c] ? img->refcount[c] - 1 : 0;
+/* Lowers refcount of cluster c by n (in memory only when simulating). */
+static int release(ZCtx *z, uint64_t c, uint64_t n) {
+        Qcow2Image *img = z->img;
+        uint64_t v = img->refcount[c] > n ? img->refcount[c] - n : 0;
         if (v == 0)
                 img->kind[c] = CK_FREE;
-        if (simulate) {
+        if (z->simulate) {
                 img->refcount[c] = (uint32_t) v;
                 return 0;
         }
         return qcow2_rc_set(img, c, v);
 }
 
-static int process_group(
-        Qcow2Image *img,
-        ZTable *tables,
-        size_t nt,
-        ZCand *cands,
-        size_t nc,
-        uint8_t *buf,
-        HoleCache *hc,
-        bool simulate,
-        ZeroPassResult *res) {
-        bool backing = img->backing_offset != 0;
-        /* v2 with a backing file has no way to express "zeros" without a host cluster. */
-        bool can_release = !(img->version < 3 && backing);
-        uint64_t new_entry = backing ? QCOW_OFLAG_ZERO : 0;
-        uint64_t l1_lo = UINT64_MAX, l1_hi = 0;
+/* The entry that reads zeros without a host cluster, for this image. */
+static void zero_entry(ZCtx *z, const ZCand *cd, uint64_t *ret_entry, uint64_t *ret_bitmap) {
+        if (z->img->l2_entry_size == 16) {
+                /* spec: subcluster zero bits 32..63; alloc bits 0..31 must be clear */
+                uint64_t reads = cd->kind == ZK_COMPRESSED ?
+                        0xffffffffULL :
+                        (cd->bitmap | (cd->bitmap >> 32)) & 0xffffffffULL;
+                *ret_entry = 0;
+                *ret_bitmap = z->backing ? reads << 32 : 0;
+                return;
+        }
+        *ret_entry = z->backing ? QCOW_OFLAG_ZERO : 0;
+        *ret_bitmap = 0;
+}
+
+static bool table_empty(ZCtx *z, const ZTable *t) {
+        Qcow2Image *img = z->img;
+        if (z->backing)
+                return false; /* unallocated would expose the backing file */
+        for (uint64_t j = 0; j < img->l2_entries; j++) {
+                uint64_t e = l2e_get(img, t->buf, j);
+                L2Type ty = qcow2_l2_type(img, e);
+                if (ty != L2_UNALLOCATED && ty != L2_ZERO_PLAIN)
+                        return false;
+        }
+        return true;
+}
+
+static int process_group(ZCtx *z, ZTable *tables, size_t nt, ZCand *cands, size_t nc) {
+        Qcow2Image *img = z->img;
+        uint32_t nl1 = img->nb_snapshots + 1;
         int r;
 
-        /* Scan candidates in host order; release the zero ones (entry rewritten in memory). */
+        /* Decide, in host order. */
         qsort(cands, nc, sizeof(ZCand), cmp_cand);
         for (size_t k = 0; k < nc; k++) {
-                if (cands[k].zero_alloc)
-                        continue;
-                r = cluster_is_zero(img, hc, buf, cands[k].host);
+                r = decide(z, &cands[k]);
                 if (r < 0)
                         return r;
-                if (r == 0) {
-                        cands[k].host = UINT64_MAX; /* keep */
+                cands[k].zero = r > 0;
+                if (!cands[k].zero)
                         continue;
-                }
-                res->zero_data_clusters++;
-                if (!can_release) {
-                        cands[k].host = UINT64_MAX; /* counted, but kept */
+                z->res.zero_data_clusters++;
+                if (!z->can_release)
                         continue;
-                }
-                table_set(img, &tables[cands[k].table], cands[k].entry, new_entry);
+                uint64_t e, bm;
+                zero_entry(z, &cands[k], &e, &bm);
+                table_set(img, &tables[cands[k].table], cands[k].j, e, bm);
         }
+        if (!z->can_release)
+                return 0;
 
-        /* Tables left with nothing allocated are freed (only without a backing file). */
+        /* Tables left with nothing allocated are freed: every L1 entry to them is cleared. */
+        for (uint32_t t = 0; t < nl1; t++)
+                z->l1_lo[t] = UINT64_MAX, z->l1_hi[t] = 0;
         for (size_t t = 0; t < nt; t++) {
                 ZTable *tb = &tables[t];
-                bool empty = !backing;
-                for (uint64_t j = 0; empty && j < img->l2_entries; j++) {
-                        L2Type ty = qcow2_l2_type(img, rd64(tb->buf + j * img->l2_entry_size));
-                        if (ty != L2_UNALLOCATED && ty != L2_ZERO_PLAIN)
-                                empty = false;
+                if (!table_empty(z, tb))
+                        continue;
+                tb->freed = true;
+                z->res.l2_tables_freed++;
+                if (z->simulate)
+                        continue; /* the in-memory L1 tables must keep matching the disk */
+                size_t lo = 0, hi = img->nb_l1refs;
+                while (lo < hi) { /* first reference to this table */
+                        size_t mid = lo + (hi - lo) / 2;
+                        if (img->l1refs[mid].l2 < tb->cluster)
+                                lo = mid + 1;
+                        else
+                                hi = mid;
                 }
-                if (empty) {
-                        tb->freed = true;
-                        img->l1[tb->l1_index] = 0;
-                        l1_lo = MIN(l1_lo, tb->l1_index);
-                        l1_hi = MAX(l1_hi, tb->l1_index + 1);
-                        res->l2_tables_freed++;
+                for (size_t i = lo; i < img->nb_l1refs && img->l1refs[i].l2 == tb->cluster; i++) {
+                        const L1Ref *ref = &img->l1refs[i];
+                        uint32_t size;
+                        uint64_t off;
+                        qcow2_l1_table(img, ref->table, &size, &off)[ref->index] = 0;
+                        z->l1_lo[ref->table] = MIN(z->l1_lo[ref->table], (uint64_t) ref->index);
+                        z->l1_hi[ref->table] = MAX(z->l1_hi[ref->table], (uint64_t) ref->index + 1);
                 }
         }
 
-        if (!simulate) {
+        if (!z->simulate) {
                 /* (C) remove the references */
                 for (size_t t = 0; t < nt; t++) {
                         ZTable *tb = &tables[t];
-                        if (tb->freed || tb->dirty_lo >= tb->dirty_hi)
+                        if (tb->freed || tb->lo >= tb->hi)
                                 continue;
-                        uint64_t blo = (uint64_t) tb->dirty_lo * img->l2_entry_size;
-                        uint64_t bhi = (uint64_t) tb->dirty_hi * img->l2_entry_size;
+                        uint64_t blo = (uint64_t) tb->lo * img->l2_entry_size;
+                        uint64_t bhi = (uint64_t) tb->hi * img->l2_entry_size;
                         r = qcow2_write(
-                                img, IO_EV_L2_UPDATE, tb->buf + blo, bhi - blo, tb->offset + blo);
+                                img,
+                                IO_EV_L2_UPDATE,
+                                tb->buf + blo,
+                                bhi - blo,
+                                offset_of(img, tb->cluster) + blo);
                         if (r < 0)
                                 return r;
                 }
-                if (l1_hi > 0) {
-                        r = l1_write_span(img, l1_lo, l1_hi);
+                for (uint32_t t = 0; t < nl1; t++) {
+                        r = qcow2_l1_write_span(img, t, z->l1_lo[t], z->l1_hi[t]);
                         if (r < 0)
                                 return r;
                 }
@@ -235,24 +339,36 @@ static int process_group(
                         return r;
         }
 
-        /* (D) lower the refcounts */
-        for (size_t t = 0; t < nt; t++) {
-                ZTable *tb = &tables[t];
-                if (tb->freed) {
-                        r = release_cluster(img, cluster_of(img, tb->offset), simulate);
+        /* (D) lower the refcounts: p references per rewritten entry, one per cleared L1 entry */
+        for (size_t k = 0; k < nc; k++) {
+                ZCand *cd = &cands[k];
+                if (!cd->zero)
+                        continue;
+                uint64_t p = tables[cd->table].paths;
+                if (cd->kind == ZK_COMPRESSED) {
+                        uint64_t coff, clen;
+                        qcow2_compressed_range(img, cd->entry, &coff, &clen);
+                        for (uint64_t c = cluster_of(img, coff);
+                             c <= cluster_of(img, coff + clen - 1);
+                             c++) {
+                                r = release(z, c, p);
+                                if (r < 0)
+                                        return r;
+                        }
+                } else {
+                        r = release(z, cluster_of(img, cd->host), p);
                         if (r < 0)
                                 return r;
                 }
+                z->res.clusters_zeroed++;
         }
-        for (size_t k = 0; k < nc; k++) {
-                if (cands[k].host == UINT64_MAX)
-                        continue;
-                r = release_cluster(img, cluster_of(img, cands[k].host), simulate);
-                if (r < 0)
-                        return r;
-                res->clusters_zeroed++;
-        }
-        if (!simulate) {
+        for (size_t t = 0; t < nt; t++)
+                if (tables[t].freed) {
+                        r = release(z, tables[t].cluster, tables[t].paths);
+                        if (r < 0)
+                                return r;
+                }
+        if (!z->simulate) {
                 r = qcow2_rc_write_dirty(img);
                 if (r < 0)
                         return r;
@@ -263,80 +379,130 @@ static int process_group(
         return 0;
 }
 
+/* Collects the entries of one L2 table that may be released. */
+static size_t collect(ZCtx *z, ZTable *tb, uint32_t t, ZCand *out) {
+        Qcow2Image *img = z->img;
+        size_t n = 0;
+
+        for (uint64_t j = 0; j < img->l2_entries; j++) {
+                uint64_t e = l2e_get(img, tb->buf, j);
+                uint64_t bm = l2e_bitmap(img, tb->buf, j);
+                L2Type ty = qcow2_l2_type(img, e);
+                uint64_t off = e & L2E_OFFSET_MASK;
+                ZCand cd = { .entry = e, .bitmap = bm, .table = t, .j = (uint32_t) j };
+
+                if (ty == L2_COMPRESSED) {
+                        uint64_t coff, clen;
+                        bool skip = false;
+                        qcow2_compressed_range(img, e, &coff, &clen);
+                        for (uint64_t c = cluster_of(img, coff);
+                             c <= cluster_of(img, coff + clen - 1);
+                             c++)
+                                skip = skip || bm_get(img->overcounted, c);
+                        if (skip)
+                                continue;
+                        cd.host = coff;
+                        cd.kind = ZK_COMPRESSED;
+                } else if (ty == L2_NORMAL || ty == L2_ZERO_ALLOC) {
+                        if (bm_get(img->overcounted, cluster_of(img, off)))
+                                continue;
+                        cd.host = off;
+                        if (img->l2_entry_size == 16)
+                                cd.kind = (bm & 0xffffffffULL) ? ZK_EXT : ZK_NOREAD;
+                        else
+                                cd.kind = ty == L2_ZERO_ALLOC ? ZK_NOREAD : ZK_TEST;
+                } else
+                        continue;
+                out[n++] = cd;
+        }
+        return n;
+}
+
 int qcow2_zero_pass(Qcow2Image *img, bool simulate, ZeroPassResult *ret) {
         _cleanup_free_ ZTable *tables = NULL;
         _cleanup_free_ ZCand *cands = NULL;
-        _cleanup_free_ uint8_t *pool = NULL, *buf = NULL;
-        ZeroPassResult res = { 0 };
-        HoleCache hc = { 0 };
-        bool backing = img->backing_offset != 0;
-        size_t max_tables, nt = 0, nc = 0, max_cands;
+        _cleanup_free_ uint8_t *pool = NULL, *buf = NULL, *cbuf = NULL, *tested = NULL,
+                               *is_zero = NULL;
+        _cleanup_free_ uint64_t *l1_lo = NULL, *l1_hi = NULL;
+        size_t max_tables, nt = 0, nc = 0;
+        uint64_t bitmap_bytes;
         int r;
 
         if (!img->walked)
                 return -EINVAL;
-        if (img->l2_entry_size != 8)
-                return -EOPNOTSUPP;
 
+        ZCtx z = {
+                .img = img,
+                .simulate = simulate,
+                .backing = img->backing_offset != 0,
+                /* v2 with a backing file has no way to say "zeros" without a host cluster */
+                .can_release = !(img->version < 3 && img->backing_offset != 0),
+        };
         max_tables = MAX((size_t) 1, (size_t) (ZERO_GROUP_BYTES / img->cluster_size));
-        max_cands = max_tables * img->l2_entries;
+        bitmap_bytes = DIV_ROUND_UP(img->nb_clusters, 8) + 1;
         tables = calloc(max_tables, sizeof(ZTable));
-        cands = calloc(max_cands, sizeof(ZCand));
+        cands = calloc(max_tables * img->l2_entries, sizeof(ZCand));
         pool = malloc(max_tables * img->cluster_size);
-        buf = malloc(MIN(img->cluster_size, (uint64_t) 1 << 20));
-        if (!tables || !cands || !pool || !buf)
+        buf = malloc(img->cluster_size);
+        cbuf = malloc(2 * img->cluster_size);
+        tested = calloc(1, bitmap_bytes);
+        is_zero = calloc(1, bitmap_bytes);
+        l1_lo = calloc(img->nb_snapshots + 1, sizeof(uint64_t));
+        l1_hi = calloc(img->nb_snapshots + 1, sizeof(uint64_t));
+        if (!tables || !cands || !pool || !buf || !cbuf || !tested || !is_zero || !l1_lo || !l1_hi)
                 return -ENOMEM;
+        z.buf = buf;
+        z.cbuf = cbuf;
+        z.tested = tested;
+        z.is_zero = is_zero;
+        z.l1_lo = l1_lo;
+        z.l1_hi = l1_hi;
 
-        for (uint64_t i = 0; i < img->l1_size; i++) {
-                uint64_t l2off = img->l1[i] & L1E_OFFSET_MASK;
-                if (!l2off || img->refcount[cluster_of(img, l2off)] != 1)
-                        continue;
-
+        /* Distinct L2 tables, in host order (l1refs is sorted by table). */
+        for (size_t i = 0; i < img->nb_l1refs;) {
+                uint64_t c = img->l1refs[i].l2;
+                size_t k = i;
+                while (k < img->nb_l1refs && img->l1refs[k].l2 == c)
+                        k++;
                 ZTable *tb = &tables[nt];
-                *tb = (ZTable){ .l1_index = i,
-                                .offset = l2off,
+                *tb = (ZTable){ .cluster = c,
+                                .paths = k - i,
                                 .buf = pool + nt * img->cluster_size };
-                r = qcow2_read_l2(img, l2off, tb->buf);
+                i = k;
+                if (bm_get(img->overcounted, c))
+                        continue; /* its references are not what its refcount says: leave it */
+                r = qcow2_read_l2(img, offset_of(img, c), tb->buf);
                 if (r < 0)
                         return r;
-                for (uint64_t j = 0; j < img->l2_entries; j++) {
-                        uint64_t e = rd64(tb->buf + j * 8);
-                        L2Type ty = qcow2_l2_type(img, e);
-                        uint64_t off = e & L2E_OFFSET_MASK;
-                        if (ty != L2_NORMAL && ty != L2_ZERO_ALLOC)
-                                continue;
-                        if (img->refcount[cluster_of(img, off)] != 1)
-                                continue; /* shared: not changed through one referrer */
-                        if (ty == L2_ZERO_ALLOC) {
-                                /* Reads as zeros already; the host cluster is never read. */
-                                res.zero_data_clusters++;
-                                table_set(img, tb, (uint32_t) j, backing ? QCOW_OFLAG_ZERO : 0);
-                                cands[nc++] = (ZCand){ .host = off,
-                                                       .table = (uint32_t) nt,
-                                                       .entry = (uint32_t) j,
-                                                       .zero_alloc = true };
-                                continue;
-                        }
-                        cands[nc++] = (ZCand){ .host = off,
-                                               .table = (uint32_t) nt,
-                                               .entry = (uint32_t) j };
-                }
+                nc += collect(&z, tb, (uint32_t) nt, cands + nc);
                 nt++;
                 if (nt == max_tables) {
-                        r = process_group(img, tables, nt, cands, nc, buf, &hc, simulate, &res);
+                        r = process_group(&z, tables, nt, cands, nc);
                         if (r < 0)
                                 return r;
                         nt = nc = 0;
                 }
-                if ((i & 63) == 0)
-                        qcow2_progress(img, "scan", i, img->l1_size);
+                qcow2_progress(img, "scan", i, img->nb_l1refs);
         }
         if (nt > 0) {
-                r = process_group(img, tables, nt, cands, nc, buf, &hc, simulate, &res);
+                r = process_group(&z, tables, nt, cands, nc);
                 if (r < 0)
                         return r;
         }
-        qcow2_progress(img, "scan", img->l1_size, img->l1_size);
-        *ret = res;
+        if (!simulate) {
+                /* Freed tables leave the L1 index (it stays sorted). */
+                size_t w = 0;
+                for (size_t i = 0; i < img->nb_l1refs; i++) {
+                        uint32_t size;
+                        uint64_t off;
+                        const L1Ref *ref = &img->l1refs[i];
+                        uint64_t *l1 = qcow2_l1_table(img, ref->table, &size, &off);
+                        if ((l1[ref->index] & L1E_OFFSET_MASK) == offset_of(img, ref->l2))
+                                img->l1refs[w++] = *ref;
+                }
+                img->nb_l1refs = w;
+        }
+        qcow2_progress(img, "scan", img->nb_l1refs, img->nb_l1refs);
+        *ret = z.res;
         return 0;
 }
