@@ -193,6 +193,12 @@ int qcow2_compact(
         if (r < 0)
                 return qcow2_diag(diag, r, "repairing leaked clusters failed: %s", strerror(-r));
 
+        /* After an interrupted run: merge the two halves of every cluster caught mid-move. */
+        uint64_t merged = 0;
+        r = qcow2_merge_twins(img, &merged, diag);
+        if (r < 0)
+                return r;
+
         if (!opts->no_zero_pass) {
                 r = qcow2_zero_pass(img, false, &z);
                 if (r < 0)

@@ -200,6 +200,12 @@ struct Qcow2Image {
         size_t nb_l1refs;
         uint8_t *cjoin;       /* bitmap: a compressed stream runs from cluster c into c+1 */
         uint8_t *overcounted; /* bitmap: refcount above the references (kept as is) */
+        struct {
+                uint64_t cluster;
+                uint32_t refs;
+        } * oc; /* over-counted clusters and their real reference counts, sorted */
+        size_t nb_oc;
+        uint32_t *pending; /* references removed so far, for deferred releases (lazy) */
 
         /* per reftable entry: dirty span of the refcount block, in entries [lo, hi) */
         uint32_t *rb_dirty_lo, *rb_dirty_hi;
@@ -274,6 +280,18 @@ int qcow2_rc_set(Qcow2Image *img, uint64_t c, uint64_t value);
 int qcow2_rc_write_dirty(Qcow2Image *img);
 /* Is cluster c described by a refcount block (reftable entry present)? */
 bool qcow2_rc_covered(const Qcow2Image *img, uint64_t c);
+/* References to cluster c found by the walk (below the refcount when over-counted). */
+uint64_t qcow2_refs_of(const Qcow2Image *img, uint64_t c);
+/*
+ * n references to cluster c were removed. Clusters whose references carry COPIED (data,
+ * L2 tables) and that are shared or over-counted keep their refcount until every reference
+ * is gone, then drop to 0: in between the count stays >= the references and no COPIED flag
+ * that is still referenced changes meaning. Others drop by n. In memory only when simulating.
+ * With defer_compressed, compressed clusters wait for their last reference too (relocation:
+ * an interrupted move then leaves two identical over-counted runs that a re-run can merge).
+ */
+int qcow2_release_refs(
+        Qcow2Image *img, uint64_t c, uint64_t n, bool simulate, bool defer_compressed);
 /* Writes reftable entries [lo, hi) from memory at the current table location. */
 int qcow2_reftable_write_span(Qcow2Image *img, uint64_t lo, uint64_t hi);
 
@@ -337,3 +355,9 @@ typedef struct RelocResult {
 /* Plans the smallest end and (unless simulate) moves everything past it, then truncates. */
 int qcow2_relocate(
         Qcow2Image *img, bool simulate, uint64_t batch_bytes, RelocResult *ret, Qcow2Diag *diag);
+/*
+ * After an interrupted run: clusters (data, L2 tables, compressed runs) counted above their
+ * references that have an identical twin are merged into the lower twin, then over-counts of
+ * clusters without COPIED semantics are lowered in place. Re-walks when it changed anything.
+ */
+int qcow2_merge_twins(Qcow2Image *img, uint64_t *ret_merged, Qcow2Diag *diag);

@@ -136,3 +136,49 @@ int qcow2_reftable_write_span(Qcow2Image *img, uint64_t lo, uint64_t hi) {
         return qcow2_write(
                 img, IO_EV_REFTABLE_UPDATE, buf, (hi - lo) * 8, img->reftable_offset + lo * 8);
 }
+
+uint64_t qcow2_refs_of(const Qcow2Image *img, uint64_t c) {
+        if (!bm_get(img->overcounted, c))
+                return img->refcount[c];
+        size_t lo = 0, hi = img->nb_oc;
+        while (lo < hi) {
+                size_t mid = lo + (hi - lo) / 2;
+                if (img->oc[mid].cluster < c)
+                        lo = mid + 1;
+                else if (img->oc[mid].cluster > c)
+                        hi = mid;
+                else
+                        return img->oc[mid].refs;
+        }
+        return img->refcount[c];
+}
+
+int qcow2_release_refs(
+        Qcow2Image *img, uint64_t c, uint64_t n, bool simulate, bool defer_compressed) {
+        ClusterKind k = img->kind[c];
+        uint64_t v;
+
+        if ((k == CK_DATA || k == CK_L2 || (defer_compressed && k == CK_COMPRESSED)) &&
+            (img->refcount[c] > 1 || bm_get(img->overcounted, c))) {
+                if (!img->pending) {
+                        img->pending = calloc(img->nb_clusters + 1, sizeof(uint32_t));
+                        if (!img->pending)
+                                return -ENOMEM;
+                }
+                img->pending[c] += (uint32_t) n;
+                if (img->pending[c] < qcow2_refs_of(img, c))
+                        return 0; /* still referenced elsewhere: keep the count as it is */
+                v = 0;
+        } else {
+                if (img->refcount[c] < n)
+                        return -EUCLEAN; /* would under-count: never */
+                v = img->refcount[c] - n;
+        }
+        if (v == 0)
+                img->kind[c] = CK_FREE;
+        if (simulate) {
+                img->refcount[c] = (uint32_t) v;
+                return 0;
+        }
+        return qcow2_rc_set(img, c, v);
+}

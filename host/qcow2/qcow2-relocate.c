@@ -278,6 +278,40 @@ static int64_t plan_try(Qcow2Image *img, Plan *p) {
                 bm_set(taken, hole);
                 p->moves[p->nb_moves++] = (Move){ .src = c, .dst = hole, .n = 1 };
         }
+        /*
+         * Clusters below n whose refcount is above their references (leaks QEMU left behind on a
+         * referenced cluster) cannot be lowered in place when an active entry still needs its
+         * COPIED flag changed; moving them repairs them: the copy gets the exact count and the
+         * rewritten entries the matching flag. They need room of their own: the hole each
+         * leaves behind is filled by the next pass.
+         */
+        for (size_t i = 0; i < img->nb_oc; i++) {
+                uint64_t c = img->oc[i].cluster;
+                if (c >= n || img->oc[i].refs == 0 ||
+                    (img->kind[c] != CK_DATA && img->kind[c] != CK_L2))
+                        continue;
+                while (hole < n &&
+                       (img->refcount[hole] != 0 || !qcow2_rc_covered(img, hole) ||
+                        bm_get(taken, hole)))
+                        hole++;
+                if (hole >= n) {
+                        uint64_t left = 0;
+                        for (size_t k = i; k < img->nb_oc; k++)
+                                left += img->oc[k].cluster < n && img->oc[k].refs > 0 &&
+                                        (img->kind[img->oc[k].cluster] == CK_DATA ||
+                                         img->kind[img->oc[k].cluster] == CK_L2);
+                        return (int64_t) MAX(left, (uint64_t) 1);
+                }
+                if (p->nb_moves >= cap) {
+                        Move *q = realloc(p->moves, (cap * 2 + 16) * sizeof(Move));
+                        if (!q)
+                                return -ENOMEM;
+                        p->moves = q;
+                        cap = cap * 2 + 16;
+                }
+                bm_set(taken, hole);
+                p->moves[p->nb_moves++] = (Move){ .src = c, .dst = hole, .n = 1 };
+        }
         qsort(p->moves, p->nb_moves, sizeof(Move), cmp_move);
         return 0;
 }
@@ -383,7 +417,7 @@ raise_and_copy(Qcow2Image *img, Move **list, size_t n, IoEvent ev, uint8_t *buf,
                 for (uint64_t q = 0; q < m->n; q++) {
                         if (img->kind[m->dst + q] != CK_FREE || img->refcount[m->dst + q] != 0)
                                 return -EUCLEAN; /* the planner gave out a cluster in use */
-                        r = qcow2_rc_set(img, m->dst + q, img->refcount[m->src + q]);
+                        r = qcow2_rc_set(img, m->dst + q, qcow2_refs_of(img, m->src + q));
                         if (r < 0)
                                 return r;
                         img->kind[m->dst + q] = img->kind[m->src + q];
@@ -465,15 +499,9 @@ static int batch_lower(Qcow2Image *img, Batch *b) {
         int r;
 
         for (size_t k = 0; k < b->nr; k++) {
-                uint64_t c = b->rel[k].cluster;
-                if (img->refcount[c] < b->rel[k].count)
-                        return -EUCLEAN; /* would under-count: never */
-                uint64_t v = img->refcount[c] - b->rel[k].count;
-                r = qcow2_rc_set(img, c, v);
+                r = qcow2_release_refs(img, b->rel[k].cluster, b->rel[k].count, false, true);
                 if (r < 0)
                         return r;
-                if (v == 0)
-                        img->kind[c] = CK_FREE;
         }
         r = qcow2_rc_write_dirty(img);
         if (r < 0)
@@ -526,17 +554,21 @@ static bool rewrite_l2(Qcow2Image *img, Plan *p, RTable *tb, Batch *b, int *err)
                                 batch_release(b, c, tb->paths);
                 } else if (ty == L2_NORMAL || ty == L2_ZERO_ALLOC) {
                         uint64_t c = cluster_of(img, e & L2E_OFFSET_MASK);
-                        if (c < p->n)
-                                continue;
                         m = plan_find(p, c);
                         if (!m) {
-                                *err = -EUCLEAN; /* a referenced cluster past the end with no place
-                                                  */
-                                return touched;
+                                if (c >= p->n) {
+                                        /* a referenced cluster past the end with no place */
+                                        *err = -EUCLEAN;
+                                        return touched;
+                                }
+                                continue;
                         }
-                        /* COPIED is kept: the destination inherits the source's refcount. */
+                        /* spec: COPIED iff the refcount is 1 (what the destination has or gets) */
+                        uint64_t d = move_dst(m, c);
+                        uint64_t rc = m->copied ? img->refcount[d] : qcow2_refs_of(img, c);
                         wr64(tb->buf + j * img->l2_entry_size,
-                             (e & ~L2E_OFFSET_MASK) | offset_of(img, move_dst(m, c)));
+                             (e & ~(L2E_OFFSET_MASK | QCOW_OFLAG_COPIED)) | offset_of(img, d) |
+                                     (rc == 1 ? QCOW_OFLAG_COPIED : 0));
                         batch_release(b, c, tb->paths);
                 } else
                         continue;
@@ -702,17 +734,19 @@ static int move_l2_tables(Qcow2Image *img, Plan *p, uint8_t *buf, RelocResult *r
                 lo[t] = UINT64_MAX;
         for (size_t i = 0; i < img->nb_l1refs; i++) {
                 L1Ref *ref = &img->l1refs[i];
-                if (ref->l2 < p->n)
-                        continue;
                 Move *m = plan_find(p, ref->l2);
-                if (!m)
-                        return -EUCLEAN;
+                if (!m) {
+                        if (ref->l2 >= p->n)
+                                return -EUCLEAN;
+                        continue;
+                }
                 uint32_t size;
                 uint64_t off;
                 uint64_t *l1 = qcow2_l1_table(img, ref->table, &size, &off);
-                /* COPIED is kept: the destination inherits the source's refcount. */
-                l1[ref->index] =
-                        (l1[ref->index] & ~L1E_OFFSET_MASK) | offset_of(img, move_dst(m, ref->l2));
+                uint64_t d = move_dst(m, ref->l2);
+                uint64_t rc = m->copied ? img->refcount[d] : qcow2_refs_of(img, ref->l2);
+                l1[ref->index] = (l1[ref->index] & ~(L1E_OFFSET_MASK | QCOW_OFLAG_COPIED)) |
+                        offset_of(img, d) | (rc == 1 ? QCOW_OFLAG_COPIED : 0);
                 batch_queue(img, &b, m);
                 batch_release(&b, ref->l2, 1);
                 lo[ref->table] = MIN(lo[ref->table], (uint64_t) ref->index);
@@ -1137,5 +1171,185 @@ int qcow2_relocate(
 #undef STEP
         qcow2_progress(img, "move", 1, 1);
         *ret = res;
+        return 0;
+}
+
+/* ---- merging the halves of an interrupted move ---- */
+
+typedef struct Unit {
+        uint64_t start, n;
+        uint8_t kind;
+        uint64_t hash;
+} Unit;
+
+static int cmp_unit(const void *a, const void *b) {
+        const Unit *x = a, *y = b;
+        if (x->kind != y->kind)
+                return x->kind < y->kind ? -1 : 1;
+        if (x->n != y->n)
+                return x->n < y->n ? -1 : 1;
+        if (x->hash != y->hash)
+                return x->hash < y->hash ? -1 : 1;
+        return x->start < y->start ? -1 : x->start > y->start;
+}
+
+static int read_unit(Qcow2Image *img, const Unit *u, uint8_t *buf) {
+        uint64_t off = offset_of(img, u->start), len = u->n * img->cluster_size;
+        uint64_t avail = off < img->file_size ? MIN(len, img->file_size - off) : 0;
+        memset(buf, 0, len);
+        return avail ? io_pread(img->io, buf, avail, off) : 0;
+}
+
+static uint64_t fnv1a(const uint8_t *p, size_t n) {
+        uint64_t h = 0xcbf29ce484222325ULL;
+        for (size_t i = 0; i < n; i++)
+                h = (h ^ p[i]) * 0x100000001b3ULL;
+        return h;
+}
+
+int qcow2_merge_twins(Qcow2Image *img, uint64_t *ret_merged, Qcow2Diag *diag) {
+        _cleanup_(plan_done) Plan p = { 0 };
+        _cleanup_free_ Unit *units = NULL;
+        _cleanup_free_ uint8_t *a = NULL, *b = NULL, *buf = NULL;
+        _cleanup_free_ uint64_t *gain = NULL; /* references a target will have after merging */
+        RelocResult res = { 0 };
+        size_t nu = 0, max_run = 1;
+        uint64_t lowered = 0;
+        int r;
+
+        *ret_merged = 0;
+        if (img->nb_oc == 0)
+                return 0;
+        units = calloc(img->nb_oc, sizeof(Unit));
+        if (!units)
+                return -ENOMEM;
+        /* Units: over-counted data clusters and L2 tables, and compressed runs holding one. */
+        for (size_t i = 0; i < img->nb_oc; i++) {
+                uint64_t c = img->oc[i].cluster;
+                ClusterKind k = img->kind[c];
+                if (k == CK_COMPRESSED) {
+                        uint64_t s = c, n = 1;
+                        while (s > 1 && bm_get(img->cjoin, s - 1) &&
+                               img->kind[s - 1] == CK_COMPRESSED)
+                                s--;
+                        while (bm_get(img->cjoin, s + n - 1) && s + n < img->nb_clusters &&
+                               img->kind[s + n] == CK_COMPRESSED)
+                                n++;
+                        if (nu > 0 && units[nu - 1].kind == CK_COMPRESSED &&
+                            units[nu - 1].start == s)
+                                continue; /* the run is in already */
+                        units[nu++] = (Unit){ .start = s, .n = n, .kind = (uint8_t) k };
+                        max_run = MAX(max_run, (size_t) n);
+                } else if (k == CK_DATA || k == CK_L2)
+                        units[nu++] = (Unit){ .start = c, .n = 1, .kind = (uint8_t) k };
+        }
+        a = malloc(max_run * img->cluster_size);
+        b = malloc(max_run * img->cluster_size);
+        gain = calloc(img->nb_clusters + 1, sizeof(uint64_t));
+        p.moves = calloc(nu + 1, sizeof(Move));
+        p.dropped = calloc(DIV_ROUND_UP(img->reftable_entries, 8) + 1, 1);
+        buf = malloc(COPY_CHUNK);
+        if (!a || !b || !gain || !p.moves || !p.dropped || !buf)
+                return -ENOMEM;
+        for (size_t i = 0; i < nu; i++) {
+                r = read_unit(img, &units[i], a);
+                if (r < 0)
+                        return r;
+                units[i].hash = fnv1a(a, units[i].n * img->cluster_size);
+        }
+        qsort(units, nu, sizeof(Unit), cmp_unit);
+
+        /*
+         * Within a group of equal hashes, from the highest unit down: merge each into the lowest
+         * unit below it that has room for its references (refcount minus references) and holds
+         * the same bytes. An interrupted move left a source counted in full with some of its
+         * references, and a destination counted in full with the others: the source finds a
+         * destination (any identical one will do: merging identical bytes changes no view).
+         */
+        _cleanup_free_ bool *merged = calloc(nu + 1, sizeof(bool));
+        if (!merged)
+                return -ENOMEM;
+        for (size_t g = 0; g < nu;) {
+                size_t e = g + 1;
+                while (e < nu && units[e].kind == units[g].kind && units[e].n == units[g].n &&
+                       units[e].hash == units[g].hash)
+                        e++;
+                for (size_t x = e; x-- > g + 1;) {
+                        Unit *xu = &units[x];
+                        bool xread = false, any = false;
+                        for (uint64_t q = 0; q < xu->n; q++)
+                                any = any || qcow2_refs_of(img, xu->start + q) > 0;
+                        if (!any)
+                                continue; /* nothing refers to it: a plain leak */
+                        for (size_t t = g; t < x; t++) {
+                                Unit *tu = &units[t];
+                                bool fits = !merged[t];
+                                for (uint64_t q = 0; q < tu->n && fits; q++)
+                                        fits = img->refcount[tu->start + q] >=
+                                                qcow2_refs_of(img, tu->start + q) +
+                                                        gain[tu->start + q] +
+                                                        qcow2_refs_of(img, xu->start + q);
+                                if (!fits)
+                                        continue;
+                                if (!xread) {
+                                        r = read_unit(img, xu, b);
+                                        if (r < 0)
+                                                return r;
+                                        xread = true;
+                                }
+                                r = read_unit(img, tu, a);
+                                if (r < 0)
+                                        return r;
+                                if (memcmp(a, b, tu->n * img->cluster_size) != 0)
+                                        continue;
+                                for (uint64_t q = 0; q < tu->n; q++)
+                                        gain[tu->start + q] += qcow2_refs_of(img, xu->start + q);
+                                merged[x] = true;
+                                p.moves[p.nb_moves++] = (Move){ .src = xu->start,
+                                                                .dst = tu->start,
+                                                                .n = tu->n,
+                                                                .copied = true };
+                                break;
+                        }
+                }
+                g = e;
+        }
+
+        if (p.nb_moves > 0) {
+                qsort(p.moves, p.nb_moves, sizeof(Move), cmp_move);
+                p.n = img->nb_clusters; /* nothing is past the end here */
+                r = move_data(img, &p, 32u << 20, buf, &res);
+                if (r >= 0)
+                        r = move_l2_tables(img, &p, buf, &res);
+                if (r < 0)
+                        return qcow2_diag(
+                                diag, r, "merging interrupted copies failed: %s", strerror(-r));
+                *ret_merged = p.nb_moves;
+                r = qcow2_walk(img, diag);
+                if (r < 0)
+                        return r;
+        }
+
+        /* What is still counted too high and carries no COPIED flag can simply be lowered. */
+        for (size_t i = 0; i < img->nb_oc; i++) {
+                uint64_t c = img->oc[i].cluster;
+                if (img->kind[c] == CK_DATA || img->kind[c] == CK_L2)
+                        continue;
+                r = qcow2_rc_set(img, c, img->oc[i].refs);
+                if (r < 0)
+                        return r;
+                lowered++;
+        }
+        if (lowered > 0) {
+                r = qcow2_rc_write_dirty(img);
+                if (r >= 0)
+                        r = qcow2_flush(img);
+                if (r < 0)
+                        return qcow2_diag(
+                                diag, r, "lowering over-counted clusters failed: %s", strerror(-r));
+                r = qcow2_walk(img, diag);
+                if (r < 0)
+                        return r;
+        }
         return 0;
 }

@@ -37,6 +37,9 @@ void qcow2_walk_reset(Qcow2Image *img) {
         img->nb_l1refs = 0;
         img->cjoin = mfree(img->cjoin);
         img->overcounted = mfree(img->overcounted);
+        img->oc = mfree(img->oc);
+        img->nb_oc = 0;
+        img->pending = mfree(img->pending);
         img->rb_dirty_n = 0;
         img->walked = false;
         img->leaked_clusters = img->leaks_past_eof = img->partial_leaks = 0;
@@ -486,6 +489,16 @@ static int compare_refcounts(WalkCtx *ctx) {
                                                         c);
                                         img->refcount[c] = (uint32_t) v;
                                         bm_set(img->overcounted, c);
+                                        if (img->nb_oc % 64 == 0) {
+                                                void *q = realloc(
+                                                        img->oc,
+                                                        (img->nb_oc + 64) * sizeof(*img->oc));
+                                                if (!q)
+                                                        return -ENOMEM;
+                                                img->oc = q;
+                                        }
+                                        img->oc[img->nb_oc].cluster = c;
+                                        img->oc[img->nb_oc++].refs = (uint32_t) want;
                                         img->partial_leaks++;
                                 }
                         }

@@ -11,9 +11,10 @@
  * entries gives each of its entries p references, so rewriting one entry there removes p
  * references. Rewriting a shared table in place is fine because the change preserves what
  * every view reads. A shared data cluster gets the same decision at each referrer (the zero
- * test is cached per host cluster), so it is released everywhere or nowhere, and the COPIED
- * flags of the entries that stay remain exact. Clusters whose refcount is above their
- * references are left alone.
+ * test is cached per host cluster), so it is released everywhere or nowhere; its refcount
+ * only drops once its last reference is gone (qcow2_release_refs), so a crash in between
+ * leaves a leak and no COPIED flag that is still referenced changes meaning. Compressed
+ * clusters counted above their references are left alone.
  *
  * Zero-alloc entries (and extended entries with a host cluster but no allocated subcluster)
  * are released without reading. Compressed clusters are inflated to test them.
@@ -168,6 +169,12 @@ static int decide(ZCtx *z, ZCand *cd) {
 
         switch (cd->kind) {
         case ZK_NOREAD:
+                /*
+                 * Reads zeros here, but a shared cluster is dropped only where every referrer
+                 * can drop it: another referrer may read its data, so ask the content.
+                 */
+                if (qcow2_refs_of(img, c) > 1)
+                        return cluster_is_zero(z, c);
                 return 1;
         case ZK_TEST:
                 return cluster_is_zero(z, c);
@@ -175,7 +182,7 @@ static int decide(ZCtx *z, ZCand *cd) {
                 if (bm_get(z->tested, c) && bm_get(z->is_zero, c))
                         return 1;
                 /* A shared cluster needs one decision for all referrers: the whole cluster. */
-                if (img->refcount[c] > 1)
+                if (qcow2_refs_of(img, c) > 1)
                         return cluster_is_zero(z, c);
                 uint64_t sub = img->cluster_size / 32;
                 for (unsigned k = 0; k < 32; k++) {
@@ -218,17 +225,9 @@ static void table_set(Qcow2Image *img, ZTable *t, uint32_t j, uint64_t entry, ui
         }
 }
 
-/* Lowers refcount of cluster c by n (in memory only when simulating). */
+/* n references to cluster c are gone (see qcow2_release_refs). */
 static int release(ZCtx *z, uint64_t c, uint64_t n) {
-        Qcow2Image *img = z->img;
-        uint64_t v = img->refcount[c] > n ? img->refcount[c] - n : 0;
-        if (v == 0)
-                img->kind[c] = CK_FREE;
-        if (z->simulate) {
-                img->refcount[c] = (uint32_t) v;
-                return 0;
-        }
-        return qcow2_rc_set(img, c, v);
+        return qcow2_release_refs(z->img, c, n, z->simulate, false);
 }
 
 /* The entry that reads zeros without a host cluster, for this image. */
@@ -404,8 +403,6 @@ static size_t collect(ZCtx *z, ZTable *tb, uint32_t t, ZCand *out) {
                         cd.host = coff;
                         cd.kind = ZK_COMPRESSED;
                 } else if (ty == L2_NORMAL || ty == L2_ZERO_ALLOC) {
-                        if (bm_get(img->overcounted, cluster_of(img, off)))
-                                continue;
                         cd.host = off;
                         if (img->l2_entry_size == 16)
                                 cd.kind = (bm & 0xffffffffULL) ? ZK_EXT : ZK_NOREAD;
@@ -469,8 +466,6 @@ int qcow2_zero_pass(Qcow2Image *img, bool simulate, ZeroPassResult *ret) {
                                 .paths = k - i,
                                 .buf = pool + nt * img->cluster_size };
                 i = k;
-                if (bm_get(img->overcounted, c))
-                        continue; /* its references are not what its refcount says: leave it */
                 r = qcow2_read_l2(img, offset_of(img, c), tb->buf);
                 if (r < 0)
                         return r;

@@ -163,6 +163,12 @@ static void verify_state(const char *label, const uint8_t *data, size_t len) {
                 states_failed++;
                 return;
         }
+        {
+                /* Keep the crashed state until it passed, for whoever has to debug it. */
+                char keep[4200];
+                snprintf(keep, sizeof(keep), "%s.before-rerun", path);
+                (void) write_file(keep, data, len);
+        }
         rc = compact_file(path, &size, why, sizeof(why));
         if (rc < 0) {
                 printf("FAIL %s: re-run failed: %s (%s)\n", label, strerror(-rc), why);
@@ -173,6 +179,8 @@ static void verify_state(const char *label, const uint8_t *data, size_t len) {
         if (rc != 0) {
                 printf("FAIL %s: after re-run qemu-img check exit %d\n", label, rc);
                 states_failed++;
+                if (getenv("CRASH_SWEEP_STOP"))
+                        exit(1); /* keep state.qcow2(.before-rerun) for debugging */
                 return;
         }
         if (qemu_compare(orig_path, path) != 0) {

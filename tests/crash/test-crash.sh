@@ -46,6 +46,35 @@ metadata-at-end)
         for ((i = 0; i < 40; i++)); do cmds+=(-c "write -P $((i + 1)) $((i * 8 + 4))M 8K"); done
         qemu-io -f qcow2 "${cmds[@]}" img.qcow2 >/dev/null
         ;;
+snapshots)
+        # Two snapshots, the active layer rewritten since, one snapshot deleted: data and L2
+        # tables shared between trees, COPIED clear on shared entries.
+        mk_interleaved $((8 << 20)) 4096 16
+        qemu-img snapshot -c s1 img.qcow2
+        qemu-io -f qcow2 -c "write -P 0x31 0 1M" -c "write -P 0 1M 1M" -c "write -P 0x32 6M 512K" img.qcow2 >/dev/null
+        qemu-img snapshot -c s2 img.qcow2
+        qemu-io -f qcow2 -c "write -P 0 2M 2M" -c "write -P 0x33 5M 256K" img.qcow2 >/dev/null
+        qemu-img snapshot -c s3 img.qcow2
+        qemu-img snapshot -d s2 img.qcow2
+        qemu-io -f qcow2 -c "write -P 0 0 512K" img.qcow2 >/dev/null
+        ;;
+compressed)
+        mk_interleaved $((8 << 20)) 4096 16
+        qemu-img convert -c -O qcow2 -o cluster_size=4096 img.qcow2 c.qcow2
+        mv c.qcow2 img.qcow2
+        qemu-io -f qcow2 -c "write -P 0 0 1M" -c "write -P 0x41 3M 256K" -c "write -P 0 5M 1M" img.qcow2 >/dev/null
+        ;;
+bitmaps-extl2)
+        qemu-img create -q -f qcow2 -o cluster_size=16384,extended_l2=on img.qcow2 $((16 << 20))
+        qemu-img bitmap --add img.qcow2 b0
+        qemu-img bitmap --add -g 65536 img.qcow2 b1
+        cmds=()
+        for ((i = 0; i < 16; i++)); do
+                cmds+=(-c "write -P $((i + 1)) $((i << 20)) 64K" -c "write -P 0 $(((i << 20) + 65536)) 512K")
+                cmds+=(-c "write -P $((i + 9)) $(((i << 20) + 700000)) 2K")
+        done
+        qemu-io -f qcow2 "${cmds[@]}" img.qcow2 >/dev/null
+        ;;
 *) echo "unknown case $case" >&2; exit 2 ;;
 esac
 
