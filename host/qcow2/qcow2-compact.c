@@ -133,7 +133,7 @@ static int clear_unknown_autoclear(Qcow2Image *img) {
         return qcow2_flush(img);
 }
 
-int qcow2_compact(
+static int compact_run(
         Qcow2Image *img, const Qcow2CompactOptions *opts, Qcow2CompactStats *ret, Qcow2Diag *diag) {
         static const Qcow2CompactOptions defaults = { 0 };
         Qcow2CompactStats st = { 0 };
@@ -182,6 +182,7 @@ int qcow2_compact(
                 st.clusters_moved = rr.clusters_moved;
                 st.bytes_moved = rr.bytes_moved;
                 st.file_size_after = MIN(offset_of(img, rr.new_end_clusters), img->file_size);
+                st.image_end = st.file_size_after;
                 *ret = st;
                 return 0;
         }
@@ -236,8 +237,22 @@ int qcow2_compact(
 
         img->walked = false;
         st.file_size_after = img->file_size;
+        st.image_end = img->image_end ? img->image_end : img->file_size;
         st.bytes_written = img->bytes_written;
         st.flushes = img->flushes;
         *ret = st;
         return 0;
+}
+
+int qcow2_compact(
+        Qcow2Image *img, const Qcow2CompactOptions *opts, Qcow2CompactStats *ret, Qcow2Diag *diag) {
+        int r = compact_run(img, opts, ret, diag);
+
+        /*
+         * A refusal means "untouched". Once something was written, a failure is an error (the
+         * image is valid, at worst with leaks, and a re-run finishes the job), never a refusal.
+         */
+        if (r < 0 && img && img->bytes_written > 0 && qcow2_error_is_refusal(r))
+                r = -ENOTRECOVERABLE;
+        return r;
 }

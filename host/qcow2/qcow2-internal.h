@@ -212,6 +212,8 @@ struct Qcow2Image {
         uint64_t *rb_dirty_list;
         size_t rb_dirty_n;
 
+        uint64_t image_end; /* set when the file could not be truncated */
+
         /* accounting */
         uint64_t bytes_written;
         uint64_t flushes;

@@ -532,10 +532,16 @@ static void rtable_touch(RTable *t, uint32_t j) {
 }
 
 /* Rewrites the entries of one L2 table that point at movers; returns whether it changed. */
-static bool rewrite_l2(Qcow2Image *img, Plan *p, RTable *tb, Batch *b, int *err) {
+/*
+ * Rewrites the entries [*j, end) of one L2 table that point at movers, stopping early once the
+ * batch holds budget bytes of copies (*j then says where to go on). Returns whether it changed.
+ */
+static bool rewrite_l2(
+        Qcow2Image *img, Plan *p, RTable *tb, Batch *b, uint64_t *pj, uint64_t budget, int *err) {
         bool touched = false;
+        uint64_t j = *pj;
 
-        for (uint64_t j = 0; j < img->l2_entries; j++) {
+        for (; j < img->l2_entries && b->bytes < budget; j++) {
                 uint64_t e = l2e_get(img, tb->buf, j);
                 L2Type ty = qcow2_l2_type(img, e);
                 Move *m;
@@ -559,6 +565,7 @@ static bool rewrite_l2(Qcow2Image *img, Plan *p, RTable *tb, Batch *b, int *err)
                                 if (c >= p->n) {
                                         /* a referenced cluster past the end with no place */
                                         *err = -EUCLEAN;
+                                        *pj = j;
                                         return touched;
                                 }
                                 continue;
@@ -576,9 +583,45 @@ static bool rewrite_l2(Qcow2Image *img, Plan *p, RTable *tb, Batch *b, int *err)
                 rtable_touch(tb, (uint32_t) j);
                 touched = true;
         }
+        *pj = j;
         return touched;
 }
 
+/* One batch of data moves: (A)+(B), (C) the touched tables, (D). */
+static int data_batch_flush(
+        Qcow2Image *img, RTable *tables, size_t nt, Batch *b, uint8_t *buf, RelocResult *res) {
+        int r;
+
+        r = batch_copy(img, b, IO_EV_DATA_COPY, buf, res);
+        if (r < 0)
+                return r;
+        for (size_t t = 0; t < nt; t++) {
+                RTable *tb = &tables[t];
+                uint64_t blo = (uint64_t) tb->lo * img->l2_entry_size;
+                uint64_t bhi = (uint64_t) tb->hi * img->l2_entry_size;
+                r = expect_kind(img, offset_of(img, tb->cluster), img->cluster_size, CK_L2);
+                if (r < 0)
+                        return r;
+                r = qcow2_write(
+                        img,
+                        IO_EV_L2_UPDATE,
+                        tb->buf + blo,
+                        bhi - blo,
+                        offset_of(img, tb->cluster) + blo);
+                if (r < 0)
+                        return r;
+                tb->lo = tb->hi = 0;
+        }
+        r = qcow2_flush(img);
+        if (r < 0)
+                return r;
+        return batch_lower(img, b);
+}
+
+/*
+ * Data and compressed clusters: every distinct L2 table of every tree, in batches of at most
+ * batch_bytes of copies (a table may span several batches) and 8 MiB of tables.
+ */
 static int
 move_data(Qcow2Image *img, Plan *p, uint64_t batch_bytes, uint8_t *buf, RelocResult *res) {
         _cleanup_free_ RTable *tables = NULL;
@@ -595,61 +638,50 @@ move_data(Qcow2Image *img, Plan *p, uint64_t batch_bytes, uint8_t *buf, RelocRes
         if (r < 0)
                 return r;
 
-        for (size_t i = 0; i <= img->nb_l1refs;) {
-                bool flush = i == img->nb_l1refs;
-                if (!flush) {
-                        uint64_t c = img->l1refs[i].l2;
-                        size_t k = i;
-                        while (k < img->nb_l1refs && img->l1refs[k].l2 == c)
-                                k++;
-                        RTable *tb = &tables[nt];
-                        *tb = (RTable){ .cluster = c,
-                                        .paths = k - i,
-                                        .buf = pool + nt * img->cluster_size };
-                        i = k;
-                        r = qcow2_read_l2(img, offset_of(img, c), tb->buf);
-                        if (r < 0)
-                                return r;
-                        if (rewrite_l2(img, p, tb, &b, &r))
+        for (size_t i = 0; i < img->nb_l1refs;) {
+                uint64_t c = img->l1refs[i].l2, j = 0;
+                size_t k = i;
+                while (k < img->nb_l1refs && img->l1refs[k].l2 == c)
+                        k++;
+                RTable *tb = &tables[nt];
+                *tb = (RTable){ .cluster = c,
+                                .paths = k - i,
+                                .buf = pool + nt * img->cluster_size };
+                i = k;
+                r = qcow2_read_l2(img, offset_of(img, c), tb->buf);
+                if (r < 0)
+                        return r;
+                bool counted = false;
+                while (j < img->l2_entries) {
+                        if (rewrite_l2(img, p, tb, &b, &j, batch_bytes, &r) && !counted) {
                                 nt++;
+                                counted = true;
+                        }
                         if (r < 0)
                                 return r;
-                        flush = nt == max_tables || b.bytes >= batch_bytes;
-                        qcow2_progress(img, "move", i, img->nb_l1refs);
-                } else
-                        i++;
-                if (!flush || nt == 0)
-                        continue;
-                /* (A)+(B) */
-                r = batch_copy(img, &b, IO_EV_DATA_COPY, buf, res);
-                if (r < 0)
-                        return r;
-                /* (C) */
-                for (size_t t = 0; t < nt; t++) {
-                        RTable *tb = &tables[t];
-                        uint64_t blo = (uint64_t) tb->lo * img->l2_entry_size;
-                        uint64_t bhi = (uint64_t) tb->hi * img->l2_entry_size;
-                        r = expect_kind(img, offset_of(img, tb->cluster), img->cluster_size, CK_L2);
-                        if (r < 0)
-                                return r;
-                        r = qcow2_write(
-                                img,
-                                IO_EV_L2_UPDATE,
-                                tb->buf + blo,
-                                bhi - blo,
-                                offset_of(img, tb->cluster) + blo);
-                        if (r < 0)
-                                return r;
+                        if (j >= img->l2_entries && nt < max_tables && b.bytes < batch_bytes)
+                                break;
+                        /* The batch is full (or the table pool is): flush it. */
+                        if (nt > 0) {
+                                r = data_batch_flush(img, tables, nt, &b, buf, res);
+                                if (r < 0)
+                                        return r;
+                        }
+                        /* A table split across batches goes on from slot 0. */
+                        if (j < img->l2_entries && tb != &tables[0]) {
+                                memcpy(tables[0].buf, tb->buf, img->cluster_size);
+                                tables[0].cluster = tb->cluster;
+                                tables[0].paths = tb->paths;
+                                tb = &tables[0];
+                        }
+                        tb->lo = tb->hi = 0;
+                        nt = 0;
+                        counted = false;
                 }
-                r = qcow2_flush(img);
-                if (r < 0)
-                        return r;
-                /* (D) */
-                r = batch_lower(img, &b);
-                if (r < 0)
-                        return r;
-                nt = 0;
+                qcow2_progress(img, "move", i, img->nb_l1refs);
         }
+        if (nt > 0)
+                return data_batch_flush(img, tables, nt, &b, buf, res);
         return 0;
 }
 
@@ -1109,6 +1141,14 @@ static int release_tail(Qcow2Image *img, Plan *p, RelocResult *res) {
                 if (r < 0)
                         return r;
                 r = io_truncate(img->io, new_size);
+                if (r == -EINVAL) {
+                        /*
+                         * A block device (an LV) cannot be truncated: the image now ends at
+                         * new_size inside it, and whoever owns the device may shrink it.
+                         */
+                        img->image_end = new_size;
+                        return 0;
+                }
                 if (r < 0)
                         return r;
                 r = qcow2_flush(img);

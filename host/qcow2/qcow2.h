@@ -37,7 +37,8 @@ enum {
 /*
  * Reads and validates the header and header extensions. Borrows io (must outlive the image).
  * Returns 0 and a new image in *ret (free with qcow2_close), or -errno with diag filled.
- * Cost: reads cluster 0 only.
+ * Cost: reads the header cluster (up to 2 MiB), the L1 and refcount tables, the snapshot table
+ * and the bitmap directory.
  */
 int qcow2_open(IoBackend *io, unsigned flags, Qcow2Image **ret, Qcow2Diag *diag);
 /* Accepts NULL; returns NULL. Does not close io. */
@@ -113,6 +114,9 @@ typedef struct Qcow2CompactStats {
         uint64_t bytes_written; /* every byte written, metadata included */
         uint64_t flushes;
         uint64_t leaks_repaired;
+        /* end of the last cluster in use: below file_size_after only when the file cannot
+         * shrink (a block device) */
+        uint64_t image_end;
         bool skipped_preallocated; /* nothing done: the image looks preallocated */
         bool dry_run;
 } Qcow2CompactStats;
@@ -122,8 +126,9 @@ typedef struct Qcow2CompactStats {
  * pre-check (refuse on corruption; repair leaks), zero pass, relocation, truncation.
  * Every durable state in between passes `qemu-img check` with at worst leaked clusters.
  * Returns 0 (also when there was nothing to do, or a preallocated image was skipped: see
- * ret->skipped_preallocated), or -errno (refusals before any write, see above; I/O errors
- * part-way leave a valid image that a re-run finishes).
+ * ret->skipped_preallocated), or -errno: refusals (see above) only before any write; once
+ * something was written a failure is -EIO/-ENOSPC/... or -ENOTRECOVERABLE for a broken
+ * internal check, and the image is valid (at worst with leaks) for a re-run to finish.
  */
 int qcow2_compact(
         Qcow2Image *img, const Qcow2CompactOptions *opts, Qcow2CompactStats *ret, Qcow2Diag *diag);

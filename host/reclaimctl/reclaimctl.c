@@ -341,6 +341,7 @@ static int verb_compact(int argc, char *argv[]) {
                 json_add_u64(o, "clusters_moved", st.clusters_moved);
                 json_add_u64(o, "bytes_moved", st.bytes_moved);
                 json_add_u64(o, "bytes_written", st.bytes_written);
+                json_add_u64(o, "image_end", st.image_end);
                 json_add_u64(o, "leaks_repaired", st.leaks_repaired);
                 json_add_u64(o, "duration_ms", duration);
                 json_object_object_add(o, "dry_run", json_object_new_boolean(st.dry_run));
@@ -371,6 +372,10 @@ static int verb_compact(int argc, char *argv[]) {
                st.clusters_moved,
                format_bytes(m, sizeof(m), st.bytes_moved),
                (double) duration / 1000.0);
+        if (st.image_end && st.image_end < st.file_size_after)
+                printf("%s: the image now ends at %s; the file is a block device and was not resized\n",
+                       image,
+                       format_bytes(a, sizeof(a), st.image_end));
         return EXIT_OK;
 }
 
