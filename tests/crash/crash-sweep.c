@@ -3,14 +3,16 @@
  * crash-sweep: proves at the library level that a crash or an I/O error at any point of a
  * compaction leaves a valid image.
  *
- *   crash-sweep crash IMAGE WORKDIR [--every N]
+ *   crash-sweep crash IMAGE WORKDIR [--every N] [--torn N] [--seed S]
  *       Runs a compaction of a copy of IMAGE in memory under io-log, then rebuilds the file as
  *       a power cut would leave it: (a) after each flush, with nothing unflushed; (b) after
- *       each write, with every earlier write landed in order. For each state: `qemu-img check`
+ *       each write, with every earlier write landed in order; (c) N times per epoch between two
+ *       flushes, a random subset of that epoch's writes landed and some multi-sector writes
+ *       torn (whole 512-byte sectors). For each state: `qemu-img check`
  *       exits 0 or 3 (leaks only), `qemu-img compare` against IMAGE says identical, and a
  *       re-run of the compaction (library, on the file) ends with check exit 0 and the same
  *       size as the uninterrupted run.
- *   crash-sweep faults IMAGE WORKDIR
+ *   crash-sweep faults IMAGE WORKDIR [--once-only]
  *       For every I/O event x {EIO, ENOSPC} x {once, always}, plus the nth write and flush
  *       failing: the compaction returns an error (or succeeds when the fault never fires), the
  *       image passes check (0 or 3) and compare, and a re-run completes with check exit 0.
@@ -239,7 +241,42 @@ static uint8_t *replay(const IoLogEntry *e, size_t upto, size_t *ret_len) {
         return d;
 }
 
-static int sweep_crash(unsigned every) {
+/* Deterministic pseudo-random numbers (xorshift64*), so a failing state can be replayed. */
+static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
+static uint64_t rng(void) {
+        rng_state ^= rng_state >> 12;
+        rng_state ^= rng_state << 25;
+        rng_state ^= rng_state >> 27;
+        return rng_state * 0x2545f4914f6cdd1dULL;
+}
+
+/*
+ * A power cut inside epoch (the writes between flush `from` and the next flush `to`): all of
+ * the epochs before landed; of this one's writes, a random subset landed, in any order, and
+ * a write that spans several 512-byte sectors may be torn (some of its sectors landed).
+ */
+static uint8_t *replay_torn(const IoLogEntry *e, size_t from, size_t to, size_t *ret_len) {
+        size_t len;
+        uint8_t *d = replay(e, from, &len);
+
+        for (size_t i = from; i < to; i++) {
+                if (e[i].kind != IO_LOG_WRITE || (rng() & 1))
+                        continue;
+                bool torn = (rng() % 3) == 0;
+                for (uint64_t s = e[i].off & ~511ULL; s < e[i].off + e[i].len; s += 512) {
+                        if (torn && (rng() & 1))
+                                continue;
+                        uint64_t lo = MAX(s, e[i].off), hi = MIN(s + 512, e[i].off + e[i].len);
+                        if (hi > len)
+                                continue; /* writes never extend the file */
+                        memcpy(d + lo, e[i].data + (lo - e[i].off), hi - lo);
+                }
+        }
+        *ret_len = len;
+        return d;
+}
+
+static int sweep_crash(unsigned every, unsigned torn_per_epoch) {
         IoBackend *mem = NULL, *log = NULL;
         Qcow2Image *img = NULL;
         Qcow2Diag diag = { { 0 } };
@@ -288,6 +325,22 @@ static int sweep_crash(unsigned every) {
                 verify_state(label, d, len);
                 free(d);
         }
+        /* (c) inside each epoch: random subsets of its writes, some of them torn */
+        size_t prev = 0;
+        unsigned long epoch = 0;
+        for (size_t i = 0; i <= n; i++) {
+                if (i < n && e[i].kind != IO_LOG_FLUSH)
+                        continue;
+                for (unsigned v = 0; v < torn_per_epoch && i > prev + 1; v++) {
+                        size_t len;
+                        uint8_t *d = replay_torn(e, prev, i, &len);
+                        snprintf(label, sizeof(label), "torn-state epoch %lu variant %u", epoch, v);
+                        verify_state(label, d, len);
+                        free(d);
+                }
+                prev = i + 1;
+                epoch++;
+        }
         /* (b) after each write, every earlier write landed in order */
         unsigned long k = 0;
         for (size_t i = 0; i < n; i++) {
@@ -333,13 +386,15 @@ static void fault_case(const IoFaultSpec *spec, const char *label) {
         io_free(fault);
 }
 
+static bool faults_always = true;
+
 static int sweep_faults(void) {
         static const int errs[] = { EIO, ENOSPC };
         char label[128];
 
         for (int ev = 0; ev < _IO_EV_MAX; ev++)
                 for (size_t k = 0; k < ELEMENTSOF(errs); k++)
-                        for (int always = 0; always <= 1; always++) {
+                        for (int always = 0; always <= (faults_always ? 1 : 0); always++) {
                                 IoFaultSpec spec = { .op = IO_FAULT_OP_EVENT,
                                                      .event = (IoEvent) ev,
                                                      .nth = 1,
@@ -369,7 +424,7 @@ static int sweep_faults(void) {
 }
 
 int main(int argc, char *argv[]) {
-        unsigned every = 1;
+        unsigned every = 1, torn = 2;
         int r;
 
         if (argc < 4 || (strcmp(argv[1], "crash") && strcmp(argv[1], "faults"))) {
@@ -378,15 +433,26 @@ int main(int argc, char *argv[]) {
         }
         orig_path = argv[2];
         workdir = argv[3];
-        if (argc >= 6 && strcmp(argv[4], "--every") == 0)
-                every = (unsigned) MAX(atoi(argv[5]), 1);
+        for (int i = 4; i < argc; i += 2) {
+                if (i + 1 >= argc && strcmp(argv[i], "--once-only") != 0)
+                        break;
+                if (strcmp(argv[i], "--every") == 0)
+                        every = (unsigned) MAX(atoi(argv[i + 1]), 1);
+                else if (strcmp(argv[i], "--torn") == 0)
+                        torn = (unsigned) MAX(atoi(argv[i + 1]), 0);
+                else if (strcmp(argv[i], "--once-only") == 0) {
+                        faults_always = false;
+                        i--; /* takes no value */
+                } else if (strcmp(argv[i], "--seed") == 0)
+                        rng_state = strtoull(argv[i + 1], NULL, 0) | 1;
+        }
         r = read_file(orig_path, &orig, &orig_len);
         if (r < 0) {
                 fprintf(stderr, "cannot read %s: %s\n", orig_path, strerror(-r));
                 return 1;
         }
         if (strcmp(argv[1], "crash") == 0)
-                r = sweep_crash(every);
+                r = sweep_crash(every, torn);
         else {
                 /* The uninterrupted result, for the "same final size" check. */
                 char path[4096], why[512];

@@ -6,12 +6,17 @@ set -euo pipefail
 mode=$1 case=$2
 command -v qemu-img >/dev/null && command -v qemu-io >/dev/null || exit 77
 : "${CRASH_SWEEP:?}"
-dir=$(mktemp -d "${TMPDIR:-/tmp}/reclaim-crash.XXXXXX")
+# Hundreds of small state files are written and checked: keep them in memory when possible.
+scratch=${TMPDIR:-/tmp}
+[ -d /dev/shm ] && [ -w /dev/shm ] && scratch=/dev/shm
+dir=$(mktemp -d "$scratch/reclaim-crash.XXXXXX")
 trap 'rm -rf "$dir"' EXIT
 cd "$dir"
 
-every=4
-[ "${RECLAIM_TEST_LONG:-0}" = 1 ] && every=1
+# Default: a sample that keeps CI short; RECLAIM_TEST_LONG=1: every write state, more torn
+# variants, and faults that stay ("always") as well as one-off ones.
+every=8 torn=1 extra=(--once-only)
+[ "${RECLAIM_TEST_LONG:-0}" = 1 ] && every=1 torn=8 extra=()
 
 # Live data interleaved with real zeros, a zero-flagged range, a discard.
 mk_interleaved() { # size cluster_size pieces [create opts]
@@ -78,4 +83,4 @@ bitmaps-extl2)
 *) echo "unknown case $case" >&2; exit 2 ;;
 esac
 
-"$CRASH_SWEEP" "$mode" img.qcow2 "$dir" --every "$every"
+"$CRASH_SWEEP" "$mode" img.qcow2 "$dir" --every "$every" --torn "$torn" --seed "$(cksum <<<"$case" | cut -d' ' -f1)" "${extra[@]}"
