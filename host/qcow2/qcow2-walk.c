@@ -99,7 +99,31 @@ static int note_copied(WalkCtx *ctx, uint64_t off, bool copied) {
 }
 
 int qcow2_read_l2(Qcow2Image *img, uint64_t off, uint8_t *buf) {
+        /* QEMU writes tables as whole clusters: one cut by the end of the file was truncated. */
+        if (off + img->cluster_size > img->file_size)
+                return -EUCLEAN;
         return io_pread(img->io, buf, img->cluster_size, off);
+}
+
+/* Reads len bytes of a metadata table, refusing one that the end of the file cuts. */
+static int read_table_bytes(WalkCtx *ctx, void *buf, uint64_t len, uint64_t off, const char *what) {
+        if (off + len < off || off + len > ctx->img->file_size)
+                return qcow2_diag(
+                        ctx->diag,
+                        -EUCLEAN,
+                        "truncated image: the %s at 0x%" PRIx64 " is cut by the end of the file",
+                        what,
+                        off);
+        int r = io_pread(ctx->img->io, buf, len, off);
+        if (r < 0)
+                return qcow2_diag(
+                        ctx->diag,
+                        r,
+                        "cannot read the %s at 0x%" PRIx64 ": %s",
+                        what,
+                        off,
+                        strerror(-r));
+        return 0;
 }
 
 static int walk_l2(WalkCtx *ctx, uint64_t l1_index, const uint8_t *l2, bool active) {
@@ -240,14 +264,9 @@ static int walk_l1(WalkCtx *ctx, const uint64_t *l1, uint32_t l1_size, uint32_t 
                         note_copied(ctx, off, e & QCOW_OFLAG_COPIED);
                         img->l2_tables++;
                 }
-                r = qcow2_read_l2(img, off, ctx->l2buf);
+                r = read_table_bytes(ctx, ctx->l2buf, img->cluster_size, off, "L2 table");
                 if (r < 0)
-                        return qcow2_diag(
-                                ctx->diag,
-                                r,
-                                "cannot read L2 table at 0x%" PRIx64 ": %s",
-                                off,
-                                strerror(-r));
+                        return r;
                 r = walk_l2(ctx, i, ctx->l2buf, active);
                 if (r < 0)
                         return r;
@@ -274,10 +293,9 @@ static int walk_snapshots(WalkCtx *ctx) {
                 l1 = malloc(bytes);
                 if (!l1)
                         return -ENOMEM;
-                r = io_pread(img->io, l1, bytes, s->l1_offset);
+                r = read_table_bytes(ctx, l1, bytes, s->l1_offset, "snapshot L1 table");
                 if (r < 0)
-                        return qcow2_diag(
-                                ctx->diag, r, "cannot read a snapshot L1 table: %s", strerror(-r));
+                        return r;
                 for (uint32_t k = 0; k < s->l1_size; k++)
                         l1[k] = be64toh(l1[k]);
                 r = walk_l1(ctx, l1, s->l1_size, i + 1);
@@ -322,10 +340,9 @@ static int walk_bitmaps(WalkCtx *ctx) {
                 t = malloc(bytes);
                 if (!t)
                         return -ENOMEM;
-                r = io_pread(img->io, t, bytes, b->table_offset);
+                r = read_table_bytes(ctx, t, bytes, b->table_offset, "bitmap table");
                 if (r < 0)
-                        return qcow2_diag(
-                                ctx->diag, r, "cannot read a bitmap table: %s", strerror(-r));
+                        return r;
                 for (uint32_t k = 0; k < b->table_size; k++) {
                         uint64_t e = be64toh(t[k]);
                         t[k] = e;
@@ -429,14 +446,9 @@ static int compare_refcounts(WalkCtx *ctx) {
                                                 img->refcount[c]);
                         continue;
                 }
-                r = io_pread(img->io, block, img->cluster_size, off);
+                r = read_table_bytes(ctx, block, img->cluster_size, off, "refcount block");
                 if (r < 0)
-                        return qcow2_diag(
-                                ctx->diag,
-                                r,
-                                "cannot read refcount block %" PRIu64 ": %s",
-                                i,
-                                strerror(-r));
+                        return r;
                 for (uint64_t e = 0; e < img->rb_entries; e++) {
                         uint64_t c = first + e;
                         uint64_t v = qcow2_refblock_get(img, block, e);
