@@ -634,7 +634,8 @@ int qcow2_walk(Qcow2Image *img, Qcow2Diag *diag) {
         if (r < 0)
                 return r;
         qcow2_progress(img, "check", img->l1_size, img->l1_size);
-        qsort(ctx.refs, ctx.nb_refs, sizeof(L1Ref), cmp_l1ref);
+        if (ctx.nb_refs > 0) /* qsort's base must not be NULL, even for zero elements */
+                qsort(ctx.refs, ctx.nb_refs, sizeof(L1Ref), cmp_l1ref);
         img->nb_l1refs = ctx.nb_refs;
         img->l1refs = TAKE_PTR(ctx.refs);
         img->walked = true;
