@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "log.h"
 #include "rpc-message.h"
@@ -138,6 +139,59 @@ static void budget_free(void *data, void *p) {
         free(p);
 }
 
+/*
+ * True when *m or any sub-message in it kept an unknown field with field number 0.
+ *
+ * Field number 0 is invalid in every encoding, but protobuf-c only refuses it when the key's
+ * first byte says so: a non-minimal key (0x80 0x80 0x00) gets through and is kept as an
+ * unknown field with tag 0. Packing writes that key back minimally (0x00), which protobuf-c
+ * then refuses, so accepting it would let a message we accepted fail to unpack after a
+ * re-pack. rpc_message_peek_version() refuses such keys at the top level only; this finds
+ * them at every depth. Known fields never have number 0, so unknown fields are all there is
+ * to check. Recursion follows the schema's nesting, which protobuf-c's unpack has already
+ * followed to build *m.
+ */
+static bool message_has_field0(const ProtobufCMessage *m) {
+        const ProtobufCMessageDescriptor *desc = m->descriptor;
+        const uint8_t *base = (const uint8_t *) m;
+
+        for (size_t i = 0; i < m->n_unknown_fields; i++)
+                if (m->unknown_fields[i].tag == 0)
+                        return true;
+
+        for (size_t i = 0; i < desc->n_fields; i++) {
+                const ProtobufCFieldDescriptor *f = &desc->fields[i];
+                const ProtobufCMessage *sub;
+
+                if (f->type != PROTOBUF_C_TYPE_MESSAGE)
+                        continue;
+
+                if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+                        ProtobufCMessage **subs;
+                        size_t n;
+
+                        memcpy(&n, base + f->quantifier_offset, sizeof(n));
+                        memcpy(&subs, base + f->offset, sizeof(subs));
+                        for (size_t j = 0; j < n; j++)
+                                if (subs[j] && message_has_field0(subs[j]))
+                                        return true;
+                        continue;
+                }
+
+                if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
+                        uint32_t which;
+
+                        memcpy(&which, base + f->quantifier_offset, sizeof(which));
+                        if (which != f->id) /* another member of the oneof is set */
+                                continue;
+                }
+                memcpy(&sub, base + f->offset, sizeof(sub));
+                if (sub && message_has_field0(sub))
+                        return true;
+        }
+        return false;
+}
+
 int rpc_message_unpack(const uint8_t *payload, size_t len, Reclaim__Envelope **ret) {
         UnpackBudget budget = {};
         ProtobufCAllocator allocator = {
@@ -184,6 +238,11 @@ int rpc_message_unpack(const uint8_t *payload, size_t len, Reclaim__Envelope **r
         }
         if (m->protocol_version != v) {
                 /* protobuf-c read the version differently from the wire walk: do not guess */
+                reclaim__envelope__free_unpacked(m, NULL);
+                return -EBADMSG;
+        }
+        if (message_has_field0(&m->base)) {
+                log_debug("rpc: field number 0 in a sub-message, dropped");
                 reclaim__envelope__free_unpacked(m, NULL);
                 return -EBADMSG;
         }

@@ -58,7 +58,8 @@ int rpc_message_pack(const Reclaim__Envelope *m, uint8_t **ret_frame, size_t *re
  * protocol version is read first with rpc_message_peek_version(), so a major we do not speak
  * is refused whatever the rest of the payload looks like. On success returns 0 and stores the
  * message in *ret (caller frees with reclaim__envelope__free_unpacked(*ret, NULL)). Errors:
- * -EINVAL (NULL argument), -EBADMSG (empty or oversized payload, invalid protobuf, no or zero
+ * -EINVAL (NULL argument), -EBADMSG (empty or oversized payload, invalid protobuf, including
+ * a field number 0 in any encoding at any depth, which protobuf-c lets through; no or zero
  * protocol_version, or more than RPC_UNPACK_MAX_MEMORY needed), -EPROTONOSUPPORT (a protocol
  * major we do not speak; rpc_message_peek_version() names it for the log), -ENOMEM. Borrows
  * payload.

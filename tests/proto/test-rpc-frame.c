@@ -1111,6 +1111,120 @@ static void test_unknown_fields_and_bodies(void **state) {
         assert_string_equal(rpc_message_body_name((Reclaim__Envelope__BodyCase) 99), "unknown");
 }
 
+/* Unpacks a payload the way the fuzz target does and checks pack -> unpack -> pack is stable. */
+static void check_repack_stable(const uint8_t *payload, size_t len) {
+        _cleanup_free_ uint8_t *frame = NULL, *frame2 = NULL;
+        Reclaim__Envelope *m = NULL, *u = NULL;
+        size_t flen, flen2;
+
+        assert_int_equal(rpc_message_unpack(payload, len, &m), 0);
+        assert_int_equal(rpc_message_pack(m, &frame, &flen), 0);
+        reclaim__envelope__free_unpacked(m, NULL);
+        assert_int_equal(
+                rpc_message_unpack(frame + RPC_FRAME_HEADER_SIZE, flen - RPC_FRAME_HEADER_SIZE, &u),
+                0);
+        assert_int_equal(rpc_message_pack(u, &frame2, &flen2), 0);
+        reclaim__envelope__free_unpacked(u, NULL);
+        assert_int_equal(flen2, flen);
+        assert_memory_equal(frame2, frame, flen);
+}
+
+/*
+ * Fuzzer find (corpus: regress-repack-nested-field0): a field number 0 in a non-minimal key
+ * inside a sub-message. protobuf-c kept it as an unknown field with tag 0, pack wrote the key
+ * back minimally (0x00), and protobuf-c refused its own output: a message we had accepted no
+ * longer unpacked after a re-pack. It is invalid at any depth, whatever the encoding.
+ */
+static void test_unpack_field0_nested(void **state) {
+        /* every payload starts with protocol_version 1.0 (08 80 80 04) */
+        static const struct {
+                const char *name;
+                uint8_t bytes[32];
+                size_t len;
+                size_t key_at; /* where the non-minimal field 0 key starts (0: minimal key) */
+        } cases[] = {
+                /* the fuzzer's input: seq 5, ReclaimRequest{ mode 3, rate 0x31, field 0 = 0x19,
+                 * field 73728 = 0x800, reserve_percent 15 } */
+                { "reclaim_request (fuzzer)",
+                  { 0x08, 0x80, 0x80, 0x04, 0x10, 0x05, 0xaa, 0x01, 0x0f, 0x08, 0x03, 0x10,
+                    0x31, 0x80, 0x80, 0x00, 0x19, 0x80, 0x80, 0x24, 0x80, 0x10, 0x20, 0x0f },
+                  24,
+                  13 },
+                /* Ping{ field 0 (length-delimited) = "x" } */
+                { "ping, bytes",
+                  { 0x08, 0x80, 0x80, 0x04, 0xba, 0x01, 0x05, 0x82, 0x80, 0x00, 0x01, 0x78 },
+                  12,
+                  7 },
+                /* Ping{ field 0 (minimal key) = 1 }: protobuf-c refuses this one itself */
+                { "ping, minimal key",
+                  { 0x08, 0x80, 0x80, 0x04, 0xba, 0x01, 0x02, 0x00, 0x01 },
+                  9,
+                  0 },
+                /* Report{ filesystems: [ {}, { field 0 = 1 } ] }: in a repeated sub-message */
+                { "report.filesystems[1]",
+                  { 0x08,
+                    0x80,
+                    0x80,
+                    0x04,
+                    0x62,
+                    0x08,
+                    0x0a,
+                    0x00,
+                    0x0a,
+                    0x04,
+                    0x80,
+                    0x80,
+                    0x00,
+                    0x01 },
+                  14,
+                  10 },
+                /* HelloAck{ policy = Policy{ field 0 (fixed32) } }: two levels down */
+                { "hello_ack.policy",
+                  { 0x08,
+                    0x80,
+                    0x80,
+                    0x04,
+                    0xa2,
+                    0x01,
+                    0x09,
+                    0x1a,
+                    0x07,
+                    0x85,
+                    0x80,
+                    0x00,
+                    0x01,
+                    0x02,
+                    0x03,
+                    0x04 },
+                  16,
+                  9 },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                Reclaim__Envelope *u = NULL;
+                uint32_t v = 0;
+                uint8_t ok[32];
+
+                if (rpc_message_unpack(cases[i].bytes, cases[i].len, &u) != -EBADMSG)
+                        fail_msg("%s: not -EBADMSG", cases[i].name);
+                assert_null(u);
+                /* the top level is well-formed: the peek still names the version */
+                assert_int_equal(rpc_message_peek_version(cases[i].bytes, cases[i].len, &v), 0);
+                assert_int_equal(v, RPC_PROTOCOL_VERSION);
+
+                if (cases[i].key_at == 0)
+                        continue;
+                /*
+                 * The same payload with field 15 in place of field 0 (the same key length) is
+                 * a valid unknown field: accepted, and stable under re-packing.
+                 */
+                memcpy(ok, cases[i].bytes, cases[i].len);
+                assert_int_equal(ok[cases[i].key_at] & 0xf8, 0x80);
+                ok[cases[i].key_at] |= 15 << 3;
+                check_repack_stable(ok, cases[i].len);
+        }
+}
+
 /* A 64 KiB payload of empty sub-messages would unpack into megabytes: refused. */
 static void test_unpack_memory_budget(void **state) {
         _cleanup_free_ uint8_t *raw = malloc(RPC_MAX_FRAME);
@@ -1200,6 +1314,7 @@ int main(void) {
                 cmocka_unit_test(test_peek_version),
                 cmocka_unit_test(test_unknown_fields_and_bodies),
                 cmocka_unit_test(test_unpack_memory_budget),
+                cmocka_unit_test(test_unpack_field0_nested),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
