@@ -350,23 +350,53 @@ static int plan_make(Qcow2Image *img, Plan *p) {
         }
         p->n = MIN(n, img->nb_clusters);
 
-        /* Grow N until every mover has a hole. */
-        for (;;) {
-                missing = plan_try(img, p);
-                if (missing < 0)
-                        return (int) missing;
-                if (missing == 0)
-                        break;
-                if (p->n >= img->nb_clusters) {
+        /*
+         * If not everything fits, find the smallest end that works: a larger end has fewer
+         * movers and more holes, so feasibility only grows with it; search between the lower
+         * bound and the current size (which always works: nothing moves).
+         */
+        missing = plan_try(img, p);
+        if (missing < 0)
+                return (int) missing;
+        if (missing > 0) {
+                uint64_t lo = p->n, hi = img->nb_clusters; /* lo fails, hi works */
+                while (hi - lo > 1) {
+                        p->n = lo + (hi - lo) / 2;
+                        missing = plan_try(img, p);
+                        if (missing < 0)
+                                return (int) missing;
+                        if (missing == 0)
+                                hi = p->n;
+                        else
+                                lo = p->n;
+                }
+                p->n = hi;
+                if (hi >= img->nb_clusters) {
                         /* Nothing can move; keep the file as it is. */
                         p->nb_moves = 0;
                         for (size_t k = 0; k < p->nb_runs; k++)
                                 p->runs[k].move = false;
-                        p->n = img->nb_clusters;
-                        break;
+                } else {
+                        missing = plan_try(img, p);
+                        if (missing != 0)
+                                return missing < 0 ? (int) missing : -EUCLEAN;
                 }
-                p->n = MIN(p->n + (uint64_t) missing, img->nb_clusters);
         }
+
+        /*
+         * The file ends after the last cluster that stays or receives a mover, which may be
+         * below n when runs did not fit: never leave free clusters at the end.
+         */
+        uint64_t end = 1;
+        for (uint64_t c = 0; c < p->n; c++)
+                if (img->refcount[c] > 0 && img->kind[c] != CK_FREE)
+                        end = c + 1;
+        for (size_t k = 0; k < p->nb_moves; k++)
+                end = MAX(end, p->moves[k].dst + p->moves[k].n);
+        for (size_t k = 0; k < p->nb_runs; k++)
+                if (p->runs[k].move)
+                        end = MAX(end, p->runs[k].dst + p->runs[k].n);
+        p->n = MIN(p->n, end);
 
         for (uint64_t i = 0; i < img->reftable_entries; i++)
                 if ((img->reftable[i] & REFT_OFFSET_MASK) && (i << img->rb_bits) >= p->n)
