@@ -1219,7 +1219,8 @@ int qcow2_relocate(
         if (!buf)
                 return -ENOMEM;
         if (batch_bytes == 0)
-                batch_bytes = 32u << 20;
+                batch_bytes = 256u
+                        << 20; /* barriers per batch; safety does not depend on its size */
 
 #define STEP(call, what)                                                                        \
         do {                                                                                    \

@@ -83,6 +83,7 @@ typedef struct ZCtx {
         bool backing;
         HoleCache hc;
         uint8_t *buf;              /* one cluster */
+        uint8_t *chunk;            /* SCAN_CHUNK bytes, at least one cluster */
         uint8_t *cbuf;             /* compressed input (two clusters) */
         uint8_t *tested, *is_zero; /* whole-cluster test cache, bitmaps over host clusters */
         uint64_t *l1_lo, *l1_hi;   /* dirty span per L1 table */
@@ -160,6 +161,65 @@ static int cluster_is_zero(ZCtx *z, uint64_t c) {
                         bm_set(z->is_zero, c);
         }
         return bm_get(z->is_zero, c);
+}
+
+#define SCAN_CHUNK (4u << 20)
+
+/*
+ * Tests every untested cluster among the candidates that need reading, as runs of consecutive
+ * host clusters read with large sequential reads (cands sorted by host offset). Small scattered
+ * probes are latency-bound on virtual disks; one pass over each run is not, and leaves the data
+ * in the page cache for the copies that follow.
+ */
+static int scan_runs(ZCtx *z, const ZCand *cands, size_t nc, uint8_t *chunk) {
+        Qcow2Image *img = z->img;
+        uint64_t per = MAX((uint64_t) 1, SCAN_CHUNK / img->cluster_size);
+        int r;
+
+        for (size_t k = 0; k < nc;) {
+                if (cands[k].kind != ZK_TEST || bm_get(z->tested, cluster_of(img, cands[k].host))) {
+                        k++;
+                        continue;
+                }
+                uint64_t first = cluster_of(img, cands[k].host), n = 1;
+                size_t e = k + 1;
+                /* Extend over the following candidates while their clusters stay consecutive. */
+                while (e < nc && n < per) {
+                        if (cands[e].kind != ZK_TEST) {
+                                e++;
+                                continue;
+                        }
+                        uint64_t c = cluster_of(img, cands[e].host);
+                        if (c == first + n - 1) { /* the same cluster referenced twice */
+                                e++;
+                                continue;
+                        }
+                        if (c != first + n)
+                                break;
+                        n++;
+                        e++;
+                }
+                uint64_t off = offset_of(img, first), len = n * img->cluster_size;
+                uint64_t avail = off < img->file_size ? MIN(len, img->file_size - off) : 0;
+                r = avail ? range_is_hole(img, &z->hc, off, avail) : 1;
+                if (r < 0)
+                        return r;
+                if (r > 0)
+                        memset(chunk, 0, len);
+                else {
+                        r = io_pread(img->io, chunk, avail, off);
+                        if (r < 0)
+                                return r;
+                        memset(chunk + avail, 0, len - avail);
+                }
+                for (uint64_t q = 0; q < n; q++) {
+                        bm_set(z->tested, first + q);
+                        if (qcow2_buffer_is_zero(chunk + q * img->cluster_size, img->cluster_size))
+                                bm_set(z->is_zero, first + q);
+                }
+                k = e;
+        }
+        return 0;
 }
 
 static int decide(ZCtx *z, ZCand *cd) {
@@ -263,8 +323,11 @@ static int process_group(ZCtx *z, ZTable *tables, size_t nt, ZCand *cands, size_
         uint32_t nl1 = img->nb_snapshots + 1;
         int r;
 
-        /* Decide, in host order. */
+        /* Decide, in host order: first read whatever must be read, run by run. */
         qsort(cands, nc, sizeof(ZCand), cmp_cand);
+        r = scan_runs(z, cands, nc, z->chunk);
+        if (r < 0)
+                return r;
         for (size_t k = 0; k < nc; k++) {
                 r = decide(z, &cands[k]);
                 if (r < 0)
@@ -419,7 +482,7 @@ int qcow2_zero_pass(Qcow2Image *img, bool simulate, ZeroPassResult *ret) {
         _cleanup_free_ ZTable *tables = NULL;
         _cleanup_free_ ZCand *cands = NULL;
         _cleanup_free_ uint8_t *pool = NULL, *buf = NULL, *cbuf = NULL, *tested = NULL,
-                               *is_zero = NULL;
+                               *is_zero = NULL, *chunk = NULL;
         _cleanup_free_ uint64_t *l1_lo = NULL, *l1_hi = NULL;
         size_t max_tables, nt = 0, nc = 0;
         uint64_t bitmap_bytes;
@@ -441,12 +504,14 @@ int qcow2_zero_pass(Qcow2Image *img, bool simulate, ZeroPassResult *ret) {
         cands = calloc(max_tables * img->l2_entries, sizeof(ZCand));
         pool = malloc(max_tables * img->cluster_size);
         buf = malloc(img->cluster_size);
+        z.chunk = chunk = malloc(MAX((uint64_t) SCAN_CHUNK, img->cluster_size));
         cbuf = malloc(2 * img->cluster_size);
         tested = calloc(1, bitmap_bytes);
         is_zero = calloc(1, bitmap_bytes);
         l1_lo = calloc(img->nb_snapshots + 1, sizeof(uint64_t));
         l1_hi = calloc(img->nb_snapshots + 1, sizeof(uint64_t));
-        if (!tables || !cands || !pool || !buf || !cbuf || !tested || !is_zero || !l1_lo || !l1_hi)
+        if (!tables || !cands || !pool || !buf || !chunk || !cbuf || !tested || !is_zero ||
+            !l1_lo || !l1_hi)
                 return -ENOMEM;
         z.buf = buf;
         z.cbuf = cbuf;
