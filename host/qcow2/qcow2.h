@@ -90,7 +90,9 @@ typedef struct Qcow2InspectOptions {
  * holes) and fills *ret. Never writes. Returns 0 even for images compaction would refuse
  * (then ret->compactable is false and ret->refusal says why); -errno on I/O errors or when
  * the metadata cannot even be walked (diag says why).
- * Memory: about 5 bytes per host cluster of the file.
+ * Memory: about 6 bytes per host cluster of the file (refcount, owner kind, a few bitmaps),
+ * plus about 50 MiB of fixed buffers; measured 148 MiB peak for a 1 TiB file of 64 KiB
+ * clusters (tests/bench/scale).
  */
 int qcow2_inspect(
         Qcow2Image *img, const Qcow2InspectOptions *opts, Qcow2Info *ret, Qcow2Diag *diag);
