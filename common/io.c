@@ -155,6 +155,16 @@ int io_next_data(IoBackend *io, uint64_t off, uint64_t *ret) {
         return 0;
 }
 
+void io_prefetch(IoBackend *io, uint64_t off, uint64_t len) {
+        IoBackend *l;
+
+        if (!io || len == 0 || range_wraps(off, len))
+                return;
+        l = IO_FIND_LAYER(io, prefetch);
+        if (l)
+                (void) l->ops->prefetch(l, off, len);
+}
+
 /*
  * First offset >= off inside a hole, in *ret; the size when no hole follows (every file has
  * an implicit hole at EOF, as with lseek(SEEK_HOLE)) or off is at/after EOF.

@@ -57,6 +57,8 @@ typedef struct IoOps {
         int (*next_data)(IoBackend *io, uint64_t off, uint64_t *ret);
         /* Optional: the first offset >= off inside a hole (or size), like lseek(SEEK_HOLE). */
         int (*next_hole)(IoBackend *io, uint64_t off, uint64_t *ret);
+        /* Optional (NULL = nothing): the range will be read soon; start reading it ahead. */
+        int (*prefetch)(IoBackend *io, uint64_t off, uint64_t len);
         /* Optional: called by io_event(); a negative return fails the operation that follows. */
         int (*event)(IoBackend *io, IoEvent ev);
         void (*close)(IoBackend *io);
@@ -77,6 +79,8 @@ int io_size(IoBackend *io, uint64_t *ret);
 int io_punch_hole(IoBackend *io, uint64_t off, uint64_t len);
 int io_next_data(IoBackend *io, uint64_t off, uint64_t *ret);
 int io_next_hole(IoBackend *io, uint64_t off, uint64_t *ret);
+/* A hint that [off, off+len) will be read soon (asynchronous read-ahead); never fails a caller. */
+void io_prefetch(IoBackend *io, uint64_t off, uint64_t len);
 int io_event(IoBackend *io, IoEvent ev);
 
 /* Closes the whole stack (this layer and every layer below). Accepts NULL; returns NULL. */

@@ -171,10 +171,20 @@ static int cluster_is_zero(ZCtx *z, uint64_t c) {
  * probes are latency-bound on virtual disks; one pass over each run is not, and leaves the data
  * in the page cache for the copies that follow.
  */
+#define PREFETCH_AHEAD (64u << 20)
+
 static int scan_runs(ZCtx *z, const ZCand *cands, size_t nc, uint8_t *chunk) {
         Qcow2Image *img = z->img;
         uint64_t per = MAX((uint64_t) 1, SCAN_CHUNK / img->cluster_size);
+        uint64_t announced = 0; /* bytes of candidates announced ahead of the reads */
+        size_t ahead = 0;       /* next candidate to announce */
         int r;
+
+        /*
+         * Live data between holes (a guest that trims) is read as many short runs; read-ahead
+         * only follows one sequential stream, so announce the next runs: the kernel then reads
+         * them in parallel while we test the current one.
+         */
 
         for (size_t k = 0; k < nc;) {
                 if (cands[k].kind != ZK_TEST || bm_get(z->tested, cluster_of(img, cands[k].host))) {
@@ -183,6 +193,14 @@ static int scan_runs(ZCtx *z, const ZCand *cands, size_t nc, uint8_t *chunk) {
                 }
                 uint64_t first = cluster_of(img, cands[k].host), n = 1;
                 size_t e = k + 1;
+                if (ahead < k)
+                        ahead = k;
+                for (; ahead < nc && announced < PREFETCH_AHEAD; ahead++) {
+                        if (cands[ahead].kind != ZK_TEST)
+                                continue;
+                        io_prefetch(img->io, cands[ahead].host, img->cluster_size);
+                        announced += img->cluster_size;
+                }
                 /* Extend over the following candidates while their clusters stay consecutive. */
                 while (e < nc && n < per) {
                         if (cands[e].kind != ZK_TEST) {
@@ -212,6 +230,7 @@ static int scan_runs(ZCtx *z, const ZCand *cands, size_t nc, uint8_t *chunk) {
                                 return r;
                         memset(chunk + avail, 0, len - avail);
                 }
+                announced = announced > len ? announced - len : 0;
                 for (uint64_t q = 0; q < n; q++) {
                         bm_set(z->tested, first + q);
                         if (qcow2_buffer_is_zero(chunk + q * img->cluster_size, img->cluster_size))

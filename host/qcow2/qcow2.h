@@ -101,7 +101,7 @@ typedef struct Qcow2CompactOptions {
         bool dry_run;         /* plan and report, write nothing */
         bool force;           /* compact even an image that looks preallocated */
         bool no_zero_pass;    /* only relocate (for tests) */
-        uint64_t batch_bytes; /* data moved between two barriers; 0 = default (256 MiB) */
+        uint64_t batch_bytes; /* data moved between two barriers; 0 = default (1 GiB) */
         Qcow2ProgressFn progress;
         void *userdata;
 } Qcow2CompactOptions;
