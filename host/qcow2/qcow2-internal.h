@@ -280,6 +280,8 @@ void qcow2_refblock_set(const Qcow2Image *img, uint8_t *block, uint64_t idx, uin
 int qcow2_rc_set(Qcow2Image *img, uint64_t c, uint64_t value);
 /* Writes every dirty refcount block span to where the reftable points now. */
 int qcow2_rc_write_dirty(Qcow2Image *img);
+/* Writes every dirty refcount block span, then a barrier. */
+int qcow2_rc_commit(Qcow2Image *img);
 /* Is cluster c described by a refcount block (reftable entry present)? */
 bool qcow2_rc_covered(const Qcow2Image *img, uint64_t c);
 /* References to cluster c found by the walk (below the refcount when over-counted). */
@@ -318,6 +320,11 @@ static inline void bm_set(uint8_t *bm, uint64_t i) {
 }
 /* L1 table number t (0 active, i+1 snapshot i): entries, size and on-disk offset. */
 uint64_t *qcow2_l1_table(Qcow2Image *img, uint32_t t, uint32_t *ret_size, uint64_t *ret_offset);
+/*
+ * Distinct L2 tables in host order: from index i of the sorted L1 index, the table's cluster
+ * and how many L1 entries point at it; returns the index of the next table.
+ */
+size_t qcow2_l2_next(const Qcow2Image *img, size_t i, uint64_t *ret_cluster, uint64_t *ret_paths);
 /* Number of L1 entries (over all L1 tables) that point at L2 table cluster c. */
 uint64_t qcow2_l2_paths(const Qcow2Image *img, uint64_t c);
 /* Writes entries [lo, hi) of L1 table t from memory to where it lives now. */

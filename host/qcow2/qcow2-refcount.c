@@ -182,3 +182,10 @@ int qcow2_release_refs(
         }
         return qcow2_rc_set(img, c, v);
 }
+
+int qcow2_rc_commit(Qcow2Image *img) {
+        int r = qcow2_rc_write_dirty(img);
+        if (r < 0)
+                return r;
+        return qcow2_flush(img);
+}

@@ -533,10 +533,7 @@ static int batch_lower(Qcow2Image *img, Batch *b) {
                 if (r < 0)
                         return r;
         }
-        r = qcow2_rc_write_dirty(img);
-        if (r < 0)
-                return r;
-        r = qcow2_flush(img);
+        r = qcow2_rc_commit(img);
         if (r < 0)
                 return r;
         b->nc = b->nr = 0;
@@ -669,15 +666,12 @@ move_data(Qcow2Image *img, Plan *p, uint64_t batch_bytes, uint8_t *buf, RelocRes
                 return r;
 
         for (size_t i = 0; i < img->nb_l1refs;) {
-                uint64_t c = img->l1refs[i].l2, j = 0;
-                size_t k = i;
-                while (k < img->nb_l1refs && img->l1refs[k].l2 == c)
-                        k++;
+                uint64_t c, paths, j = 0;
+                i = qcow2_l2_next(img, i, &c, &paths);
                 RTable *tb = &tables[nt];
                 *tb = (RTable){ .cluster = c,
-                                .paths = k - i,
+                                .paths = paths,
                                 .buf = pool + nt * img->cluster_size };
-                i = k;
                 r = qcow2_read_l2(img, offset_of(img, c), tb->buf);
                 if (r < 0)
                         return r;
@@ -982,10 +976,7 @@ static int move_run(Qcow2Image *img, Run *run, RelocResult *res) {
                         return r;
                 img->kind[run->src + k] = CK_FREE;
         }
-        r = qcow2_rc_write_dirty(img);
-        if (r < 0)
-                return r;
-        r = qcow2_flush(img);
+        r = qcow2_rc_commit(img);
         if (r < 0)
                 return r;
         res->clusters_moved += run->n;
@@ -1085,13 +1076,19 @@ static int move_refblocks(Qcow2Image *img, Plan *p, RelocResult *res) {
                         return r;
                 img->kind[list[k]->src] = CK_FREE;
         }
-        r = qcow2_rc_write_dirty(img);
-        if (r < 0)
-                return r;
-        r = qcow2_flush(img);
+        r = qcow2_rc_commit(img);
         if (r < 0)
                 return r;
         res->clusters_moved += n;
+        return 0;
+}
+
+/* Sets cluster c's count to 0: in its refcount block if one describes it, else in memory only. */
+static int drop_count(Qcow2Image *img, uint64_t c) {
+        img->kind[c] = CK_FREE;
+        if (qcow2_rc_covered(img, c))
+                return qcow2_rc_set(img, c, 0);
+        img->refcount[c] = 0;
         return 0;
 }
 
@@ -1110,18 +1107,11 @@ static int release_tail(Qcow2Image *img, Plan *p, RelocResult *res) {
         for (uint64_t c = p->n; c < img->nb_clusters; c++) {
                 if (img->refcount[c] == 0 || block_dropped(img, p->n, c))
                         continue;
-                img->kind[c] = CK_FREE;
-                if (qcow2_rc_covered(img, c)) {
-                        r = qcow2_rc_set(img, c, 0);
-                        if (r < 0)
-                                return r;
-                } else
-                        img->refcount[c] = 0;
+                r = drop_count(img, c);
+                if (r < 0)
+                        return r;
         }
-        r = qcow2_rc_write_dirty(img);
-        if (r < 0)
-                return r;
-        r = qcow2_flush(img);
+        r = qcow2_rc_commit(img);
         if (r < 0)
                 return r;
 
@@ -1146,19 +1136,11 @@ static int release_tail(Qcow2Image *img, Plan *p, RelocResult *res) {
                         return r;
                 /* ...then their own refcounts (D) */
                 for (size_t k = 0; k < nb; k++) {
-                        uint64_t c = blocks[k];
-                        img->kind[c] = CK_FREE;
-                        if (qcow2_rc_covered(img, c)) {
-                                r = qcow2_rc_set(img, c, 0);
-                                if (r < 0)
-                                        return r;
-                        } else
-                                img->refcount[c] = 0;
+                        r = drop_count(img, blocks[k]);
+                        if (r < 0)
+                                return r;
                 }
-                r = qcow2_rc_write_dirty(img);
-                if (r < 0)
-                        return r;
-                r = qcow2_flush(img);
+                r = qcow2_rc_commit(img);
                 if (r < 0)
                         return r;
                 res->refblocks_dropped += nb;

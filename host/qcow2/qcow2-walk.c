@@ -654,6 +654,16 @@ uint64_t *qcow2_l1_table(Qcow2Image *img, uint32_t t, uint32_t *ret_size, uint64
         return s->l1;
 }
 
+size_t qcow2_l2_next(const Qcow2Image *img, size_t i, uint64_t *ret_cluster, uint64_t *ret_paths) {
+        size_t k = i;
+        uint64_t c = img->l1refs[i].l2;
+        while (k < img->nb_l1refs && img->l1refs[k].l2 == c)
+                k++;
+        *ret_cluster = c;
+        *ret_paths = k - i;
+        return k;
+}
+
 uint64_t qcow2_l2_paths(const Qcow2Image *img, uint64_t c) {
         size_t lo = 0, hi = img->nb_l1refs;
         while (lo < hi) { /* first entry with l2 >= c */
@@ -700,10 +710,7 @@ int qcow2_repair_leaks(Qcow2Image *img, uint64_t *ret_repaired) {
                 return 0;
         }
         /* Lowering a refcount that nothing references can only remove a leak. */
-        r = qcow2_rc_write_dirty(img);
-        if (r < 0)
-                return r;
-        r = qcow2_flush(img);
+        r = qcow2_rc_commit(img);
         if (r < 0)
                 return r;
         *ret_repaired = img->leaked_clusters + img->leaks_past_eof;

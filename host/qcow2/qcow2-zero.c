@@ -450,10 +450,7 @@ static int process_group(ZCtx *z, ZTable *tables, size_t nt, ZCand *cands, size_
                                 return r;
                 }
         if (!z->simulate) {
-                r = qcow2_rc_write_dirty(img);
-                if (r < 0)
-                        return r;
-                r = qcow2_flush(img);
+                r = qcow2_rc_commit(img);
                 if (r < 0)
                         return r;
         }
@@ -541,15 +538,12 @@ int qcow2_zero_pass(Qcow2Image *img, bool simulate, ZeroPassResult *ret) {
 
         /* Distinct L2 tables, in host order (l1refs is sorted by table). */
         for (size_t i = 0; i < img->nb_l1refs;) {
-                uint64_t c = img->l1refs[i].l2;
-                size_t k = i;
-                while (k < img->nb_l1refs && img->l1refs[k].l2 == c)
-                        k++;
+                uint64_t c, paths;
+                i = qcow2_l2_next(img, i, &c, &paths);
                 ZTable *tb = &tables[nt];
                 *tb = (ZTable){ .cluster = c,
-                                .paths = k - i,
+                                .paths = paths,
                                 .buf = pool + nt * img->cluster_size };
-                i = k;
                 r = qcow2_read_l2(img, offset_of(img, c), tb->buf);
                 if (r < 0)
                         return r;
