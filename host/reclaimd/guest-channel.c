@@ -63,7 +63,7 @@ static uint64_t realtime_usec(void) {
         return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / 1000;
 }
 
-static int channel_connect_cb(sd_event_source *s, uint64_t usec, void *userdata);
+static int channel_timer_cb(sd_event_source *s, uint64_t usec, void *userdata);
 
 static int channel_arm_timer(GuestChannel *c, uint64_t delay_usec) {
         int r;
@@ -80,7 +80,7 @@ static int channel_arm_timer(GuestChannel *c, uint64_t delay_usec) {
                 CLOCK_MONOTONIC,
                 delay_usec,
                 0,
-                channel_connect_cb,
+                channel_timer_cb,
                 c);
 }
 
@@ -159,6 +159,22 @@ static int channel_send_hello_ack(GuestChannel *c, uint64_t in_reply_to) {
         m.in_reply_to = in_reply_to;
         m.body_case = RECLAIM__ENVELOPE__BODY_HELLO_ACK;
         m.hello_ack = &ack;
+        return channel_send(c, &m);
+}
+
+/*
+ * docs/protocol.md: a host that has connected but seen no Hello sends a Ping; an agent that
+ * missed our connect answers anything with a Hello first.
+ */
+static int channel_send_ping(GuestChannel *c) {
+        Reclaim__Envelope m;
+        Reclaim__Ping ping;
+
+        reclaim__ping__init(&ping);
+        ping.nonce = c->seq + 1;
+        rpc_message_init(&m, 0);
+        m.body_case = RECLAIM__ENVELOPE__BODY_PING;
+        m.ping = &ping;
         return channel_send(c, &m);
 }
 
@@ -325,8 +341,7 @@ static int channel_io_cb(sd_event_source *s, int fd, uint32_t revents, void *use
         return 0;
 }
 
-static int channel_connect_cb(sd_event_source *s, uint64_t usec, void *userdata) {
-        GuestChannel *c = userdata;
+static int channel_connect(GuestChannel *c) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
         size_t l = strlen(c->vm->channel_path);
         _cleanup_close_ int fd = -1;
@@ -366,7 +381,31 @@ static int channel_connect_cb(sd_event_source *s, uint64_t usec, void *userdata)
         (void) token_bucket_init(&c->bucket, CHANNEL_FRAME_RATE, CHANNEL_FRAME_BURST, now_ns());
         log_info("%s: connected to %s.", c->vm->name, c->vm->channel_path);
         manager_update_status(c->vm->manager);
+        r = channel_arm_timer(c, CHANNEL_HELLO_TIMEOUT_USEC);
+        if (r < 0)
+                log_warning_errno(r, "%s: failed to arm the Hello timer: %m", c->vm->name);
         return 0;
+}
+
+/* Reconnects while waiting; pings a connected guest that has not said Hello yet. */
+static int channel_timer_cb(sd_event_source *s, uint64_t usec, void *userdata) {
+        GuestChannel *c = userdata;
+        int r;
+
+        switch (c->state) {
+        case CHANNEL_WAITING:
+                return channel_connect(c);
+        case CHANNEL_CONNECTED:
+                r = channel_send_ping(c);
+                if (r < 0) {
+                        log_debug_errno(r, "%s: failed to send Ping: %m", c->vm->name);
+                        channel_disconnect(c, false);
+                }
+                return 0;
+        case CHANNEL_READY:
+        default:
+                return 0;
+        }
 }
 
 int guest_channel_new(Vm *vm, GuestChannel **ret) {

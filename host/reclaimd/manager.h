@@ -29,6 +29,8 @@
 #define CHANNEL_MAX_ERRORS 16u
 #define CHANNEL_BACKOFF_MIN_USEC (1 * USEC_PER_SEC)
 #define CHANNEL_BACKOFF_MAX_USEC (60 * USEC_PER_SEC)
+/* A guest that has not said Hello this long after we connected gets a Ping. */
+#define CHANNEL_HELLO_TIMEOUT_USEC (5 * USEC_PER_SEC)
 /* A failing (exit 1, killed) compaction is retried this many times, then waits for a Report. */
 #define JOB_MAX_FAILURES 3u
 /* The most bytes of a helper's stdout we keep (its JSON is a few hundred bytes). */

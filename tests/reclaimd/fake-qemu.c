@@ -3,9 +3,11 @@
  * fake-qemu: the host end of a VM's org.reclaim.agent.0 port as QEMU serves it
  * (server=on,wait=off), with a scripted guest agent behind it, for the reclaimd tests.
  *
- *   fake-qemu report --socket PATH [--bytes N]
+ *   fake-qemu report --socket PATH [--bytes N] [--wait-ping]
  *       listen on PATH, accept reclaimd, send Hello, wait for HelloAck, send a Report
  *       (one ext4 filesystem, N bytes zeroed), then close: the VM stopped. Exit 0.
+ *       With --wait-ping the guest stays silent until reclaimd pings it (an agent that
+ *       missed the connect), then answers with Hello first and a Pong.
  *   fake-qemu hostile --socket PATH
  *       a hostile guest, for every connection until killed: garbage, a frame header with an
  *       oversized length, a Hello then a flood of frames, a frame that never completes; then
@@ -103,8 +105,9 @@ static bool send_hello(int fd, uint64_t seq) {
         return send_msg(fd, &m);
 }
 
-/* Waits (at most 30 s) for a HelloAck; returns its policy's allowed mode count or fails. */
-static void wait_hello_ack(int fd) {
+/* Waits (at most 30 s) for a message of body kind; fails on anything else. Returns its seq
+ * and, for a Ping, its nonce in *ret_nonce. */
+static uint64_t wait_msg(int fd, Reclaim__Envelope__BodyCase kind, uint64_t *ret_nonce) {
         _cleanup_(rpc_decoder_freep) RpcDecoder *d = rpc_decoder_new();
 
         if (!d)
@@ -125,24 +128,47 @@ static void wait_hello_ack(int fd) {
                         fail("decoder full");
                 while (rpc_decoder_next(d, &payload, &len) > 0) {
                         Reclaim__Envelope *m = NULL;
-                        bool ack;
+                        uint64_t seq;
+                        bool ok;
 
                         if (rpc_message_unpack(payload, len, &m) < 0)
                                 fail("bad frame from reclaimd");
-                        ack = m->body_case == RECLAIM__ENVELOPE__BODY_HELLO_ACK && m->hello_ack &&
-                                m->in_reply_to == 1 && m->hello_ack->policy;
+                        ok = m->body_case == kind;
+                        if (kind == RECLAIM__ENVELOPE__BODY_HELLO_ACK)
+                                ok = ok && m->hello_ack && m->in_reply_to == 1 &&
+                                        m->hello_ack->policy;
+                        if (kind == RECLAIM__ENVELOPE__BODY_PING && ok && ret_nonce)
+                                *ret_nonce = m->ping ? m->ping->nonce : 0;
+                        seq = m->seq;
                         reclaim__envelope__free_unpacked(m, NULL);
-                        if (!ack)
-                                fail("expected HelloAck in reply to Hello");
-                        printf("# hello-ack\n");
+                        if (!ok)
+                                fail("expected %s from reclaimd", rpc_message_body_name(kind));
+                        printf("# %s\n", rpc_message_body_name(kind));
                         fflush(stdout);
-                        return;
+                        return seq;
                 }
         }
-        fail("no HelloAck within 30 s");
+        fail("no %s within 30 s", rpc_message_body_name(kind));
 }
 
-static int do_report(const char *path, uint64_t bytes) {
+static void wait_hello_ack(int fd) {
+        (void) wait_msg(fd, RECLAIM__ENVELOPE__BODY_HELLO_ACK, NULL);
+}
+
+static bool send_pong(int fd, uint64_t seq, uint64_t nonce, uint64_t in_reply_to) {
+        Reclaim__Envelope m;
+        Reclaim__Pong pong;
+
+        reclaim__pong__init(&pong);
+        pong.nonce = nonce;
+        rpc_message_init(&m, seq);
+        m.in_reply_to = in_reply_to;
+        m.body_case = RECLAIM__ENVELOPE__BODY_PONG;
+        m.pong = &pong;
+        return send_msg(fd, &m);
+}
+
+static int do_report(const char *path, uint64_t bytes, bool wait_ping) {
         static char mnt[] = "/", dev[] = "/dev/vda1", fstype[] = "ext4";
         int lfd = listen_on(path), fd;
         Reclaim__Envelope m;
@@ -154,9 +180,20 @@ static int do_report(const char *path, uint64_t bytes) {
         fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
         if (fd < 0)
                 fail("accept: %s", strerror(errno));
-        if (!send_hello(fd, 1))
-                fail("send Hello");
-        wait_hello_ack(fd);
+        uint64_t seq = 2;
+        if (wait_ping) {
+                uint64_t nonce = 0, ping_seq = wait_msg(fd, RECLAIM__ENVELOPE__BODY_PING, &nonce);
+
+                if (!send_hello(fd, 1))
+                        fail("send Hello");
+                wait_hello_ack(fd);
+                if (!send_pong(fd, seq++, nonce, ping_seq))
+                        fail("send Pong");
+        } else {
+                if (!send_hello(fd, 1))
+                        fail("send Hello");
+                wait_hello_ack(fd);
+        }
 
         reclaim__fs_report__init(&fs);
         fs.mount_point = mnt;
@@ -169,7 +206,7 @@ static int do_report(const char *path, uint64_t bytes) {
         rep.filesystems = fss;
         rep.n_filesystems = 1;
         rep.mode = RECLAIM__MODE__MODE_ZERO;
-        rpc_message_init(&m, 2);
+        rpc_message_init(&m, seq);
         m.body_case = RECLAIM__ENVELOPE__BODY_REPORT;
         m.report = &rep;
         if (!send_msg(fd, &m))
@@ -263,24 +300,28 @@ static int do_hostile(const char *path) {
 int main(int argc, char *argv[]) {
         const char *socket_path = NULL;
         uint64_t bytes = 64u << 20;
+        bool wait_ping = false;
 
         for (int i = 2; i < argc; i++) {
                 if (strcmp(argv[i], "--socket") == 0 && i + 1 < argc)
                         socket_path = argv[++i];
                 else if (strcmp(argv[i], "--bytes") == 0 && i + 1 < argc)
                         bytes = strtoull(argv[++i], NULL, 10);
+                else if (strcmp(argv[i], "--wait-ping") == 0)
+                        wait_ping = true;
                 else {
                         fprintf(stderr, "fake-qemu: bad argument '%s'\n", argv[i]);
                         return 2;
                 }
         }
         if (argc < 2 || !socket_path) {
-                fprintf(stderr, "Usage: fake-qemu report|hostile --socket PATH [--bytes N]\n");
+                fprintf(stderr,
+                        "Usage: fake-qemu report|hostile --socket PATH [--bytes N] [--wait-ping]\n");
                 return 2;
         }
         (void) signal(SIGPIPE, SIG_IGN);
         if (strcmp(argv[1], "report") == 0)
-                return do_report(socket_path, bytes);
+                return do_report(socket_path, bytes, wait_ping);
         if (strcmp(argv[1], "hostile") == 0)
                 return do_hostile(socket_path);
         fprintf(stderr, "fake-qemu: unknown scenario '%s'\n", argv[1]);

@@ -98,10 +98,11 @@ conf() {
         } >"$T/reclaimd.conf"
 }
 
-# fake_start NAME SCENARIO: a fake QEMU end for NAME's channel, in the background
+# fake_start NAME SCENARIO [OPTIONS...]: a fake QEMU end for NAME's channel, in the background
 fake_start() {
         local name=$1 sc=$2 i
-        "$FAKE_QEMU" "$sc" --socket "$(sock_of "$name")" >"$T/fake-$name.log" 2>&1 7>&- &
+        shift 2
+        "$FAKE_QEMU" "$sc" --socket "$(sock_of "$name")" "$@" >"$T/fake-$name.log" 2>&1 7>&- &
         BG_PIDS+=("$!")
         eval "FAKE_PID_${name//-/_}=$!"
         for ((i = 0; i < 200; i++)); do

@@ -13,7 +13,7 @@ daemon_start
 wait_for "vm-101 shrank" shrunk vm-101
 wait_for "the state records the compaction" state_compacted vm-101
 check_image vm-101
-grep -q "# hello-ack" "$T/fake-vm-101.log" || fail "fake-qemu saw no HelloAck"
+grep -q "# hello_ack" "$T/fake-vm-101.log" || fail "fake-qemu saw no HelloAck"
 gain=$(state_get vm-101 's["disks"][0]["last_compaction_gain"]')
 ((gain > 0)) || fail "recorded gain is $gain"
 [[ "$(state_get vm-101 's["last_report"]["bytes"]')" -eq $((64 << 20)) ]] ||

@@ -27,13 +27,15 @@ PY
 )" ]]; }
 wait_for "qemu-io holds the image" held
 
-fake_start vm-101 report
+# this guest also stays silent until reclaimd pings it (an agent that missed the connect)
+fake_start vm-101 report --wait-ping
 daemon_start
 
 in_use_count() { grep -c "still in use" "$T/reclaimd.log" || true; }
 three_retries() { (($(in_use_count) >= 3)); }
 wait_for "three in-use retries" three_retries
 cmp -s "$T/vm-101.orig" "$img" || fail "the image changed while QEMU held it"
+grep -q "^# ping" "$T/fake-vm-101.log" || fail "reclaimd did not ping the silent guest"
 [[ "$(state_get vm-101 's["disks"][0]["pending"]')" == True ]] || fail "disk not pending"
 
 # the VM stops
