@@ -423,7 +423,8 @@ static int read_snapshots(Qcow2Image *img, Qcow2Diag *diag) {
 
         for (uint32_t i = 0; i < img->nb_snapshots; i++) {
                 Snapshot *s = &img->snapshots[i];
-                if (avail - pos < 40)
+                /* Entries are padded to 8 bytes, but the file may end before the last padding. */
+                if (pos > avail || avail - pos < 40)
                         return qcow2_diag(diag, -EUCLEAN, "snapshot table is truncated");
                 const uint8_t *e = buf + pos;
                 s->l1_offset = rd64(e);
@@ -444,10 +445,10 @@ static int read_snapshots(Qcow2Image *img, Qcow2Diag *diag) {
                 pos += ALIGN_UP(len, 8);
         }
         img->snapshots_size = pos;
-        img->snap_raw = malloc(pos + 1);
+        img->snap_raw = calloc(1, pos + 1);
         if (!img->snap_raw)
                 return -ENOMEM;
-        memcpy(img->snap_raw, buf, pos);
+        memcpy(img->snap_raw, buf, MIN(pos, avail));
         return 0;
 }
 
@@ -472,7 +473,7 @@ static int read_bitmaps(Qcow2Image *img, Qcow2Diag *diag) {
                 return qcow2_diag(diag, r, "cannot read the bitmap directory: %s", strerror(-r));
         for (uint32_t i = 0; i < img->nb_bitmaps; i++) {
                 Bitmap *b = &img->bitmaps[i];
-                if (img->bitmap_dir_size - pos < 24)
+                if (pos > img->bitmap_dir_size || img->bitmap_dir_size - pos < 24)
                         return qcow2_diag(diag, -EUCLEAN, "bitmap directory is truncated");
                 const uint8_t *e = buf + pos;
                 b->table_offset = rd64(e);

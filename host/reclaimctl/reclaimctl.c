@@ -3,12 +3,16 @@
  * reclaimctl: the admin CLI. A verb table (wireguard-tools style); each verb parses its own
  * options and returns an exit status:
  *   0 done (also "nothing to do"), 1 error, 2 usage, 3 image in use, 4 image refused.
+ * VMs are named through the registry (host/registry: vms.d, libvirt, Proxmox).
  */
 
+#include <fcntl.h>
 #include <getopt.h>
 #include <json-c/json.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -17,6 +21,7 @@
 #include "macro.h"
 #include "progress.h"
 #include "qcow2.h"
+#include "registry.h"
 #include "size.h"
 
 enum {
@@ -27,8 +32,10 @@ enum {
         EXIT_REFUSED = 4,
 };
 
-static const char *arg_config_dir = "/etc/reclaim";
-static const char *arg_state_dir = "/var/lib/reclaim";
+/* NULL: under arg_root (or /) */
+static const char *arg_root = NULL;
+static const char *arg_config_dir = NULL;
+static const char *arg_state_dir = NULL;
 
 static int exit_status_for(int r) {
         if (r == -EBUSY)
@@ -64,25 +71,42 @@ static inline json_object *json_object_put_null(json_object *o) {
 }
 DEFINE_TRIVIAL_CLEANUP_FUNC(json_object *, json_object_put_null);
 
-/* Opens IMAGE for reading or writing; writable opens take QEMU's locks (-EBUSY when held). */
-static int
-open_image(const char *path, bool writable, bool lock, IoBackend **ret_io, bool *ret_in_use) {
+/*
+ * Opens IMAGE for reading or writing; writable opens take QEMU's locks (-EBUSY when held).
+ * On failure *ret_error gets the message (caller frees and logs it).
+ */
+static int open_image(
+        const char *path,
+        bool writable,
+        bool lock,
+        IoBackend **ret_io,
+        bool *ret_in_use,
+        char **ret_error) {
         _cleanup_(io_freep) IoBackend *io = NULL;
         int r;
 
         r = io_posix_open(path, writable, &io);
-        if (r < 0)
-                return log_error_errno(r, "Cannot open %s: %m", path);
+        if (r < 0) {
+                if (asprintf(ret_error, "Cannot open %s: %s", path, strerror(-r)) < 0)
+                        *ret_error = NULL;
+                return r;
+        }
         if (lock) {
                 r = io_posix_lock_qemu(io);
-                if (r == -EBUSY)
-                        return log_error_errno(
-                                r,
-                                "%s is in use (a running VM, qemu-nbd or another program "
-                                "holds its image locks); stop it first",
-                                path);
-                if (r < 0)
-                        return log_error_errno(r, "Cannot lock %s: %m", path);
+                if (r == -EBUSY) {
+                        if (asprintf(
+                                    ret_error,
+                                    "%s is in use (a running VM, qemu-nbd or another program "
+                                    "holds its image locks); stop it first",
+                                    path) < 0)
+                                *ret_error = NULL;
+                        return r;
+                }
+                if (r < 0) {
+                        if (asprintf(ret_error, "Cannot lock %s: %s", path, strerror(-r)) < 0)
+                                *ret_error = NULL;
+                        return r;
+                }
         } else if (ret_in_use) {
                 r = io_posix_probe_qemu_locks(io);
                 *ret_in_use = r > 0;
@@ -105,6 +129,7 @@ static int verb_inspect(int argc, char *argv[]) {
         _cleanup_(io_freep) IoBackend *io = NULL;
         _cleanup_(qcow2_closep) Qcow2Image *img = NULL;
         _cleanup_(progress_freep) Progress *bar = NULL;
+        _cleanup_free_ char *error = NULL;
         bool json = false, scan = true, in_use = false;
         Qcow2Diag diag = { { 0 } };
         Qcow2Info info;
@@ -134,9 +159,11 @@ static int verb_inspect(int argc, char *argv[]) {
         }
         path = argv[optind];
 
-        r = open_image(path, false, false, &io, &in_use);
-        if (r < 0)
+        r = open_image(path, false, false, &io, &in_use, &error);
+        if (r < 0) {
+                log_error("%s", error ?: strerror(-r));
                 return EXIT_ERROR;
+        }
         r = qcow2_open(io, 0, &img, &diag);
         if (r < 0) {
                 log_error("%s: %s", path, diag.message);
@@ -228,112 +255,139 @@ static int verb_inspect(int argc, char *argv[]) {
 static void print_help_compact(FILE *f) {
         fprintf(f,
                 "Usage: reclaimctl compact --image IMAGE [--dry-run] [--force] [--json]\n"
-                "       reclaimctl compact VM\n");
+                "       reclaimctl compact VM [--dry-run] [--force] [--json]\n");
 }
 
-static int verb_compact(int argc, char *argv[]) {
-        static const struct option options[] = {
-                { "image", required_argument, NULL, 'i' },
-                { "dry-run", no_argument, NULL, 'n' },
-                { "force", no_argument, NULL, 'f' },
-                { "json", no_argument, NULL, 'j' },
-                { "batch-size", required_argument, NULL, 'b' },
-                { "help", no_argument, NULL, 'h' },
-                {},
-        };
+/* ---- the VM registry ---- */
+
+static void registry_diag(const RegistryDiag *d, void *userdata) {
+        /* the notes are about configuration files, not about where in reclaimctl they arose:
+         * printed like the other levels, without the source location debug messages get */
+        if (d->level > log_get_max_level())
+                return;
+        (void) log_full_errno(MIN(d->level, LOG_INFO), 0, "%s", d->text);
+}
+
+/*
+ * Loads the registry from the configured roots. *ret_where gets the directories searched,
+ * for messages. Returns 0 or a negative errno (logged).
+ */
+static int load_registry(Registry **ret, char **ret_where) {
+        _cleanup_(registry_paths_done) RegistryPaths paths = {};
+        _cleanup_(registry_freep) Registry *reg = NULL;
+        _cleanup_free_ char *vms_d = NULL;
+        int r;
+
+        r = registry_paths_init(&paths, arg_root);
+        if (r < 0)
+                return log_error_errno(r, "Cannot set up the configuration paths: %m");
+        if (arg_config_dir) {
+                if (asprintf(&vms_d, "%s/vms.d", arg_config_dir) < 0)
+                        return log_error_errno(-ENOMEM, "Out of memory.");
+                r = registry_paths_set(&paths.vms_d, vms_d);
+                if (r < 0)
+                        return log_error_errno(r, "Cannot set up the configuration paths: %m");
+        }
+        r = registry_load(&paths, registry_diag, NULL, &reg);
+        if (r < 0)
+                return log_error_errno(r, "Cannot load the VM registry: %m");
+        if (ret_where &&
+            asprintf(
+                    ret_where,
+                    "%s, %s, %s",
+                    paths.vms_d,
+                    paths.libvirt_qemu,
+                    paths.pve_qemu_server) < 0)
+                return log_error_errno(-ENOMEM, "Out of memory.");
+        *ret = TAKE_PTR(reg);
+        return 0;
+}
+
+/* ---- compact ---- */
+
+typedef struct CompactRequest {
+        Qcow2CompactOptions opts; /* dry_run, force, batch_bytes */
+        bool json;
+} CompactRequest;
+
+static int
+compact_failed(const char *image, int status, json_object **ret_json, const char *fmt, ...)
+        _printf_(4, 5);
+
+/* Logs why image failed; with ret_json, also describes it as {image, error, exit_status}. */
+static int
+compact_failed(const char *image, int status, json_object **ret_json, const char *fmt, ...) {
+        _cleanup_free_ char *m = NULL;
+        va_list ap;
+        int n;
+
+        va_start(ap, fmt);
+        n = vasprintf(&m, fmt, ap);
+        va_end(ap);
+        log_error("%s", n >= 0 ? m : "out of memory");
+        if (ret_json) {
+                json_object *o = json_object_new_object();
+                json_object_object_add(o, "image", json_object_new_string(image));
+                json_object_object_add(o, "error", json_object_new_string(n >= 0 ? m : ""));
+                json_object_object_add(o, "exit_status", json_object_new_int(status));
+                *ret_json = o;
+        }
+        return status;
+}
+
+/*
+ * Compacts one image: lock, open, compact, report. Prints the text summary unless req->json;
+ * with req->json, *ret_json gets the per-image object (on failure: image, error and
+ * exit_status). Returns an exit status (EXIT_*). Holds the image's locks until it returns.
+ */
+static int compact_image(const char *image, const CompactRequest *req, json_object **ret_json) {
         _cleanup_(io_freep) IoBackend *io = NULL;
         _cleanup_(qcow2_closep) Qcow2Image *img = NULL;
         _cleanup_(progress_freep) Progress *bar = NULL;
-        Qcow2CompactOptions opts = { 0 };
+        _cleanup_free_ char *error = NULL;
+        Qcow2CompactOptions opts = req->opts;
         Qcow2CompactStats st = { 0 };
         Qcow2Diag diag = { { 0 } };
-        const char *image = NULL;
-        bool json = false;
+        json_object **want_json = req->json ? ret_json : NULL;
         uint64_t t0;
-        int c, r;
-
-        optind = 0;
-        while ((c = getopt_long(argc, argv, "i:nfh", options, NULL)) >= 0)
-                switch (c) {
-                case 'i':
-                        image = optarg;
-                        break;
-                case 'n':
-                        opts.dry_run = true;
-                        break;
-                case 'f':
-                        opts.force = true;
-                        break;
-                case 'j':
-                        json = true;
-                        break;
-                case 'b':
-                        r = parse_size(optarg, &opts.batch_bytes);
-                        if (r < 0 || opts.batch_bytes == 0) {
-                                log_error("Invalid --batch-size: %s", optarg);
-                                return EXIT_USAGE;
-                        }
-                        break;
-                case 'h':
-                        print_help_compact(stdout);
-                        return EXIT_OK;
-                default:
-                        print_help_compact(stderr);
-                        return EXIT_USAGE;
-                }
-        if (!image) {
-                if (argc - optind == 1) {
-                        /* The VM registry (vms.d, libvirt, Proxmox) is not part of this build. */
-                        log_error(
-                                "Cannot resolve VM '%s': no VM registry in this version; "
-                                "use --image PATH.",
-                                argv[optind]);
-                        return EXIT_ERROR;
-                }
-                log_error("compact needs --image IMAGE or a VM name.");
-                print_help_compact(stderr);
-                return EXIT_USAGE;
-        }
-        if (argc - optind != 0) {
-                log_error("Unexpected argument: %s", argv[optind]);
-                return EXIT_USAGE;
-        }
+        int r;
 
         t0 = now_ms();
         /*
          * A dry run only reads, but it still must not run against a live image: it takes the
          * same locks a real run takes, so its answer is the one a real run would give.
          */
-        r = open_image(image, !opts.dry_run, true, &io, NULL);
+        r = open_image(image, !opts.dry_run, true, &io, NULL, &error);
         if (r < 0)
-                return exit_status_for(r);
+                return compact_failed(
+                        image, exit_status_for(r), want_json, "%s", error ?: strerror(-r));
         r = qcow2_open(io, opts.dry_run ? 0 : QCOW2_OPEN_WRITE, &img, &diag);
-        if (r < 0) {
-                log_error("%s: refused: %s", image, diag.message);
-                return exit_status_for(r);
-        }
-        bar = progress_new(stderr, !json && isatty(STDERR_FILENO));
+        if (r < 0)
+                return compact_failed(
+                        image,
+                        exit_status_for(r),
+                        want_json,
+                        "%s: refused: %s",
+                        image,
+                        diag.message);
+        bar = progress_new(stderr, !req->json && isatty(STDERR_FILENO));
         opts.progress = progress_cb;
         opts.userdata = bar;
         r = qcow2_compact(img, &opts, &st, &diag);
         progress_finish(bar);
-        if (r < 0) {
-                if (qcow2_error_is_refusal(r))
-                        log_error(
-                                "%s: refused: %s",
-                                image,
-                                diag.message[0] ? diag.message : strerror(-r));
-                else
-                        log_error(
-                                "%s: compaction failed: %s",
-                                image,
-                                diag.message[0] ? diag.message : strerror(-r));
-                return exit_status_for(r);
-        }
+        if (r < 0)
+                return compact_failed(
+                        image,
+                        exit_status_for(r),
+                        want_json,
+                        "%s: %s: %s",
+                        image,
+                        qcow2_error_is_refusal(r) ? "refused" : "compaction failed",
+                        diag.message[0] ? diag.message : strerror(-r));
         uint64_t duration = now_ms() - t0;
 
-        if (json) {
-                _cleanup_(json_object_put_nullp) json_object *o = json_object_new_object();
+        if (req->json) {
+                json_object *o = json_object_new_object();
                 json_object_object_add(o, "image", json_object_new_string(image));
                 json_add_u64(o, "file_size_before", st.file_size_before);
                 json_add_u64(o, "file_size_after", st.file_size_after);
@@ -349,7 +403,7 @@ static int verb_compact(int argc, char *argv[]) {
                         o,
                         "skipped",
                         st.skipped_preallocated ? json_object_new_string("preallocated") : NULL);
-                json_print(o);
+                *ret_json = o;
                 return EXIT_OK;
         }
 
@@ -379,6 +433,297 @@ static int verb_compact(int argc, char *argv[]) {
         return EXIT_OK;
 }
 
+/* The rank of an exit status when several disks report: error > refused > in use > done. */
+static int exit_status_rank(int status) {
+        switch (status) {
+        case EXIT_OK:
+                return 0;
+        case EXIT_IN_USE:
+                return 1;
+        case EXIT_REFUSED:
+                return 2;
+        default:
+                return 3;
+        }
+}
+
+/* Compacts every disk of the VM called name, in order; returns the worst exit status. */
+static int compact_vm(const char *name, const CompactRequest *req) {
+        _cleanup_(registry_freep) Registry *reg = NULL;
+        _cleanup_(json_object_put_nullp) json_object *o = NULL;
+        _cleanup_free_ char *where = NULL;
+        const RegistryVm *vm;
+        json_object *disks = NULL;
+        int status = EXIT_OK;
+
+        if (load_registry(&reg, &where) < 0)
+                return EXIT_ERROR;
+        vm = registry_find(reg, name);
+        if (!vm) {
+                log_error("no VM named %s (looked in %s)", name, where);
+                return EXIT_ERROR;
+        }
+        if (req->json) {
+                o = json_object_new_object();
+                disks = json_object_new_array();
+                json_object_object_add(o, "vm", json_object_new_string(vm->name));
+                json_object_object_add(o, "disks", disks);
+        }
+        if (vm->n_disks == 0 && !req->json)
+                printf("%s: no qcow2 disk; nothing to do\n", vm->name);
+        for (size_t i = 0; i < vm->n_disks; i++) {
+                json_object *d = NULL;
+                int s;
+
+                s = compact_image(vm->disks[i].path, req, &d);
+                if (d)
+                        json_object_array_add(disks, d);
+                if (exit_status_rank(s) > exit_status_rank(status))
+                        status = s;
+        }
+        if (o)
+                json_print(o);
+        return status;
+}
+
+static int verb_compact(int argc, char *argv[]) {
+        static const struct option options[] = {
+                { "image", required_argument, NULL, 'i' },
+                { "dry-run", no_argument, NULL, 'n' },
+                { "force", no_argument, NULL, 'f' },
+                { "json", no_argument, NULL, 'j' },
+                { "batch-size", required_argument, NULL, 'b' },
+                { "help", no_argument, NULL, 'h' },
+                {},
+        };
+        CompactRequest req = {};
+        const char *image = NULL;
+        int c, r;
+
+        optind = 0;
+        while ((c = getopt_long(argc, argv, "i:nfh", options, NULL)) >= 0)
+                switch (c) {
+                case 'i':
+                        image = optarg;
+                        break;
+                case 'n':
+                        req.opts.dry_run = true;
+                        break;
+                case 'f':
+                        req.opts.force = true;
+                        break;
+                case 'j':
+                        req.json = true;
+                        break;
+                case 'b':
+                        r = parse_size(optarg, &req.opts.batch_bytes);
+                        if (r < 0 || req.opts.batch_bytes == 0) {
+                                log_error("Invalid --batch-size: %s", optarg);
+                                return EXIT_USAGE;
+                        }
+                        break;
+                case 'h':
+                        print_help_compact(stdout);
+                        return EXIT_OK;
+                default:
+                        print_help_compact(stderr);
+                        return EXIT_USAGE;
+                }
+        if (!image) {
+                if (argc - optind == 1)
+                        return compact_vm(argv[optind], &req);
+                if (argc - optind > 1)
+                        log_error("compact takes one VM name.");
+                else
+                        log_error("compact needs --image IMAGE or a VM name.");
+                print_help_compact(stderr);
+                return EXIT_USAGE;
+        }
+        if (argc - optind != 0) {
+                log_error("Unexpected argument: %s", argv[optind]);
+                return EXIT_USAGE;
+        }
+
+        /* a failed image prints nothing on stdout, as the contract says */
+        _cleanup_(json_object_put_nullp) json_object *o = NULL;
+        r = compact_image(image, &req, &o);
+        if (r == EXIT_OK && o)
+                json_print(o);
+        return r;
+}
+
+/* ---- list ---- */
+
+static void print_help_list(FILE *f) {
+        fprintf(f, "Usage: reclaimctl list [--json]\n");
+}
+
+/* The size of a disk's file (of the device, for a block device). Returns 0 or -errno. */
+static int disk_size(const char *path, uint64_t *ret) {
+        _cleanup_close_ int fd = -1;
+        struct stat st;
+        off_t end;
+
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+        if (fd < 0)
+                return -errno;
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        if (S_ISREG(st.st_mode)) {
+                *ret = (uint64_t) st.st_size;
+                return 0;
+        }
+        if (!S_ISBLK(st.st_mode))
+                return -EBADFD;
+        end = lseek(fd, 0, SEEK_END);
+        if (end < 0)
+                return -errno;
+        *ret = (uint64_t) end;
+        return 0;
+}
+
+static const char *disk_size_error(int r) {
+        return r == -EBADFD ? "not a regular file or block device" : strerror(-r);
+}
+
+static json_object *json_string_or_null(const char *s) {
+        return s ? json_object_new_string(s) : NULL;
+}
+
+static json_object *list_vm_json(const RegistryVm *vm) {
+        json_object *o = json_object_new_object(), *disks = json_object_new_array(), *g = NULL;
+
+        json_object_object_add(o, "name", json_object_new_string(vm->name));
+        json_object_object_add(
+                o, "source", json_object_new_string(registry_source_to_string(vm->source)));
+        json_object_object_add(o, "source_file", json_object_new_string(vm->source_file));
+        json_object_object_add(o, "overrides_file", json_string_or_null(vm->overrides_file));
+        json_object_object_add(o, "channel", json_string_or_null(vm->channel));
+        json_object_object_add(
+                o,
+                "auto_compact",
+                vm->auto_compact < 0 ? NULL : json_object_new_boolean(vm->auto_compact));
+        if (vm->min_gain.kind != REGISTRY_MIN_GAIN_UNSET) {
+                g = json_object_new_object();
+                json_add_u64(
+                        g,
+                        vm->min_gain.kind == REGISTRY_MIN_GAIN_PERCENT ? "percent" : "bytes",
+                        vm->min_gain.value);
+        }
+        json_object_object_add(o, "min_gain", g);
+        for (size_t i = 0; i < vm->n_disks; i++) {
+                const RegistryDisk *d = &vm->disks[i];
+                json_object *dj = json_object_new_object();
+                uint64_t size;
+                int r;
+
+                json_object_object_add(dj, "path", json_object_new_string(d->path));
+                json_object_object_add(dj, "format", json_object_new_string(d->format));
+                json_object_object_add(dj, "drive", json_string_or_null(d->drive));
+                json_object_object_add(dj, "storage", json_string_or_null(d->storage));
+                json_object_object_add(dj, "storage_type", json_string_or_null(d->storage_type));
+                json_object_object_add(dj, "block", json_object_new_boolean(d->block));
+                r = disk_size(d->path, &size);
+                if (r < 0) {
+                        json_object_object_add(dj, "file_size", NULL);
+                        json_object_object_add(
+                                dj, "error", json_object_new_string(disk_size_error(r)));
+                } else {
+                        json_add_u64(dj, "file_size", size);
+                        json_object_object_add(dj, "error", NULL);
+                }
+                json_object_array_add(disks, dj);
+        }
+        json_object_object_add(o, "disks", disks);
+        return o;
+}
+
+static void list_vm_text(const RegistryVm *vm) {
+        char a[FORMAT_BYTES_MAX];
+
+        printf("%s (%s, %s)\n", vm->name, registry_source_to_string(vm->source), vm->source_file);
+        if (vm->overrides_file)
+                printf("  policy:  %s\n", vm->overrides_file);
+        printf("  channel: %s\n", vm->channel ?: "-");
+        if (vm->auto_compact >= 0)
+                printf("  auto_compact: %s\n", vm->auto_compact ? "yes" : "no");
+        if (vm->min_gain.kind == REGISTRY_MIN_GAIN_PERCENT)
+                printf("  min_gain: %" PRIu64 "%%\n", vm->min_gain.value);
+        else if (vm->min_gain.kind == REGISTRY_MIN_GAIN_BYTES)
+                printf("  min_gain: %s\n", format_bytes(a, sizeof(a), vm->min_gain.value));
+        if (vm->n_disks == 0)
+                printf("  no qcow2 disk\n");
+        for (size_t i = 0; i < vm->n_disks; i++) {
+                const RegistryDisk *d = &vm->disks[i];
+                uint64_t size;
+                int r = disk_size(d->path, &size);
+
+                printf("  %-9s %s  %s%s%s%s\n",
+                       d->drive ?: "disk",
+                       d->path,
+                       r < 0 ? disk_size_error(r) : format_bytes(a, sizeof(a), size),
+                       d->storage ? "  [" : "",
+                       d->storage ?: "",
+                       d->storage ? "]" : "");
+        }
+}
+
+static int verb_list(int argc, char *argv[]) {
+        static const struct option options[] = {
+                { "json", no_argument, NULL, 'j' },
+                { "help", no_argument, NULL, 'h' },
+                {},
+        };
+        _cleanup_(registry_freep) Registry *reg = NULL;
+        _cleanup_free_ char *where = NULL;
+        const RegistryVm *vm;
+        bool json = false;
+        int c;
+
+        optind = 0;
+        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
+                switch (c) {
+                case 'j':
+                        json = true;
+                        break;
+                case 'h':
+                        print_help_list(stdout);
+                        return EXIT_OK;
+                default:
+                        print_help_list(stderr);
+                        return EXIT_USAGE;
+                }
+        if (argc - optind != 0) {
+                log_error("Unexpected argument: %s", argv[optind]);
+                print_help_list(stderr);
+                return EXIT_USAGE;
+        }
+        if (load_registry(&reg, &where) < 0)
+                return EXIT_ERROR;
+
+        if (json) {
+                _cleanup_(json_object_put_nullp) json_object *o = json_object_new_object();
+                json_object *vms = json_object_new_array();
+
+                json_object_object_add(o, "vms", vms);
+                REGISTRY_FOREACH_VM(vm, reg, i) {
+                        json_object_array_add(vms, list_vm_json(vm));
+                }
+                json_print(o);
+                return EXIT_OK;
+        }
+        if (registry_size(reg) == 0) {
+                printf("No VMs (looked in %s).\n", where);
+                return EXIT_OK;
+        }
+        REGISTRY_FOREACH_VM(vm, reg, i) {
+                if (i > 0)
+                        putchar('\n');
+                list_vm_text(vm);
+        }
+        return EXIT_OK;
+}
+
 typedef struct Verb {
         const char *name;
         int (*fn)(int argc, char *argv[]);
@@ -387,47 +732,83 @@ typedef struct Verb {
 
 static const Verb verbs[] = {
         { "inspect", verb_inspect, "Show an image's allocation and what compaction would reclaim" },
-        { "compact", verb_compact, "Compact a stopped VM's qcow2 image in place" },
+        { "compact", verb_compact, "Compact a stopped VM's qcow2 disks (or one image) in place" },
+        { "list", verb_list, "List the VMs found in vms.d, libvirt and Proxmox configuration" },
 };
 
 static void print_help(FILE *f) {
         fprintf(f,
-                "Usage: reclaimctl [--config-dir DIR] [--state-dir DIR] [-v] VERB [ARGS...]\n\n"
+                "Usage: reclaimctl [--root DIR] [--config-dir DIR] [--state-dir DIR] [-v] VERB "
+                "[ARGS...]\n\n"
                 "Give thin-provisioned qcow2 images their disk space back.\n\nVerbs:\n");
         for (size_t i = 0; i < ELEMENTSOF(verbs); i++)
                 fprintf(f, "  %-10s %s\n", verbs[i].name, verbs[i].help);
         fprintf(f,
-                "\nExit status: 0 done, 1 error, 2 usage, 3 image in use, 4 image refused.\n"
+                "\nExit status: 0 done, 1 error, 2 usage, 3 image in use, 4 image refused\n"
+                "(for a VM, the worst over its disks: 1, then 4, then 3).\n"
                 "See reclaimctl(1).\n");
 }
 
+/*
+ * "--name VALUE" or "--name=VALUE" at argv[*i]: sets *ret (advancing *i past VALUE) and
+ * returns 1; 0 when argv[*i] is another option; -EINVAL when VALUE is missing.
+ */
+static int global_option_value(int argc, char *argv[], int *i, const char *name, const char **ret) {
+        const char *a = argv[*i];
+        size_t n = strlen(name);
+
+        if (strncmp(a, name, n) != 0)
+                return 0;
+        if (a[n] == '=') {
+                *ret = a + n + 1;
+                return 1;
+        }
+        if (a[n] != '\0')
+                return 0;
+        if (*i + 1 >= argc)
+                return -EINVAL;
+        *ret = argv[++*i];
+        return 1;
+}
+
 static int run(int argc, char *argv[]) {
+        static const char *const valued[] = { "--root", "--config-dir", "--state-dir" };
+        const char **targets[] = { &arg_root, &arg_config_dir, &arg_state_dir };
         int i;
 
         log_set_program_name("reclaimctl");
         /* Global options come before the verb; the verb parses the rest. */
         for (i = 1; i < argc && argv[i][0] == '-'; i++) {
                 const char *a = argv[i];
+                bool taken = false;
+
                 if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
                         print_help(stdout);
                         return EXIT_OK;
                 } else if (strcmp(a, "--version") == 0) {
                         printf("reclaimctl %s\n", RECLAIM_VERSION);
                         return EXIT_OK;
-                } else if (strcmp(a, "-v") == 0 || strcmp(a, "--verbose") == 0)
+                } else if (strcmp(a, "-v") == 0 || strcmp(a, "--verbose") == 0) {
                         log_set_max_level(LOG_DEBUG);
-                else if (
-                        (strcmp(a, "--config-dir") == 0 || strcmp(a, "--state-dir") == 0) &&
-                        i + 1 < argc) {
-                        if (a[2] == 'c')
-                                arg_config_dir = argv[++i];
-                        else
-                                arg_state_dir = argv[++i];
-                } else {
+                        continue;
+                }
+                for (size_t k = 0; k < ELEMENTSOF(valued) && !taken; k++) {
+                        int r = global_option_value(argc, argv, &i, valued[k], targets[k]);
+                        if (r < 0) {
+                                log_error("%s needs a value.", valued[k]);
+                                return EXIT_USAGE;
+                        }
+                        taken = r > 0;
+                }
+                if (!taken) {
                         log_error("Unknown option: %s", a);
                         print_help(stderr);
                         return EXIT_USAGE;
                 }
+        }
+        if (arg_root && arg_root[0] != '/') {
+                log_error("--root needs an absolute path: %s", arg_root);
+                return EXIT_USAGE;
         }
         if (i >= argc) {
                 print_help(stderr);
