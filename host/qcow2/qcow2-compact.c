@@ -160,8 +160,27 @@ static int compact_run(
         r = qcow2_walk(img, diag);
         if (r < 0)
                 return r;
+        /*
+         * Tables that QEMU always gives their own clusters (L1 tables, bitmap tables and
+         * directory, snapshot and refcount tables) but that this image shares between two
+         * owners: moving them would need every owner switched at once. QEMU never writes such
+         * images; refuse them before anything is written.
+         */
+        for (uint64_t c = 0; c < img->nb_clusters; c++) {
+                ClusterKind k = img->kind[c];
+                if (img->refcount[c] > 1 && k != CK_DATA && k != CK_L2 && k != CK_COMPRESSED)
+                        return qcow2_diag(
+                                diag,
+                                -EOPNOTSUPP,
+                                "cluster %" PRIu64
+                                " (%s) is shared by several owners; "
+                                "QEMU never writes such images",
+                                c,
+                                cluster_kind_to_string(k));
+        }
         if (looks_preallocated(img) && !opts->force) {
                 st.skipped_preallocated = true;
+                st.image_end = st.file_size_after;
                 *ret = st;
                 return 0;
         }

@@ -661,7 +661,8 @@ move_data(Qcow2Image *img, Plan *p, uint64_t batch_bytes, uint8_t *buf, RelocRes
         pool = malloc(max_tables * img->cluster_size);
         if (!tables || !pool)
                 return -ENOMEM;
-        r = batch_init(&b, max_tables * img->l2_entries, max_tables * img->l2_entries * 2);
+        /* A compressed stream may touch three clusters (it can start late in one). */
+        r = batch_init(&b, max_tables * img->l2_entries, max_tables * img->l2_entries * 3);
         if (r < 0)
                 return r;
 
@@ -1201,8 +1202,7 @@ int qcow2_relocate(
         if (!buf)
                 return -ENOMEM;
         if (batch_bytes == 0)
-                batch_bytes = 256u
-                        << 20; /* barriers per batch; safety does not depend on its size */
+                batch_bytes = 1u << 30; /* barriers per batch; safety does not depend on its size */
 
 #define STEP(call, what)                                                                        \
         do {                                                                                    \
