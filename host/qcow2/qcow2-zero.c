@@ -195,12 +195,24 @@ static int scan_runs(ZCtx *z, const ZCand *cands, size_t nc, uint8_t *chunk) {
                 size_t e = k + 1;
                 if (ahead < k)
                         ahead = k;
+                /* One announcement per contiguous range, not per cluster. */
+                uint64_t pf_lo = 0, pf_hi = 0;
                 for (; ahead < nc && announced < PREFETCH_AHEAD; ahead++) {
                         if (cands[ahead].kind != ZK_TEST)
                                 continue;
-                        io_prefetch(img->io, cands[ahead].host, img->cluster_size);
+                        uint64_t o = cands[ahead].host;
+                        if (pf_hi == o || (o >= pf_lo && o < pf_hi))
+                                pf_hi = MAX(pf_hi, o + img->cluster_size);
+                        else {
+                                if (pf_hi > pf_lo)
+                                        io_prefetch(img->io, pf_lo, pf_hi - pf_lo);
+                                pf_lo = o;
+                                pf_hi = o + img->cluster_size;
+                        }
                         announced += img->cluster_size;
                 }
+                if (pf_hi > pf_lo)
+                        io_prefetch(img->io, pf_lo, pf_hi - pf_lo);
                 /* Extend over the following candidates while their clusters stay consecutive. */
                 while (e < nc && n < per) {
                         if (cands[e].kind != ZK_TEST) {
