@@ -6,8 +6,11 @@
  * VMs are named through the registry (host/registry: vms.d, libvirt, Proxmox).
  */
 
+#include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <signal.h>
+#include <stdlib.h>
 #include <json-c/json.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -21,21 +24,15 @@
 #include "macro.h"
 #include "progress.h"
 #include "qcow2.h"
+#include "reclaimctl.h"
 #include "registry.h"
 #include "size.h"
 
-enum {
-        EXIT_OK = 0,
-        EXIT_ERROR = 1,
-        EXIT_USAGE = 2,
-        EXIT_IN_USE = 3,
-        EXIT_REFUSED = 4,
-};
-
 /* NULL: under arg_root (or /) */
-static const char *arg_root = NULL;
-static const char *arg_config_dir = NULL;
-static const char *arg_state_dir = NULL;
+const char *arg_root = NULL;
+const char *arg_config_dir = NULL;
+const char *arg_state_dir = NULL;
+bool arg_no_daemon = false;
 
 static int exit_status_for(int r) {
         if (r == -EBUSY)
@@ -55,21 +52,45 @@ static void progress_cb(const char *phase, uint64_t done, uint64_t total, void *
         progress_update(userdata, phase, done, total);
 }
 
-static void json_add_u64(json_object *o, const char *key, uint64_t v) {
+/* compact's progress: the bar, and "PHASE DONE TOTAL" lines on --progress-fd for reclaimd
+ * (on a phase change or a new permille, so a 1 TiB scan writes about a thousand lines). */
+typedef struct CompactProgress {
+        Progress *bar;
+        int fd;
+        char phase[32];
+        uint64_t permille;
+} CompactProgress;
+
+static void compact_progress_cb(const char *phase, uint64_t done, uint64_t total, void *userdata) {
+        CompactProgress *p = userdata;
+        uint64_t permille = total ?
+                (uint64_t) ((long double) MIN(done, total) * 1000.0L / (long double) total) :
+                0;
+        char line[128];
+        int n;
+
+        progress_update(p->bar, phase, done, total);
+        if (p->fd < 0 ||
+            (strncmp(phase, p->phase, sizeof(p->phase)) == 0 && permille == p->permille))
+                return;
+        (void) snprintf(p->phase, sizeof(p->phase), "%s", phase);
+        p->permille = permille;
+        n = snprintf(line, sizeof(line), "%s %" PRIu64 " %" PRIu64 "\n", p->phase, done, total);
+        /* best effort: a reader that went away must not stop the compaction */
+        if (n > 0 && write(p->fd, line, (size_t) MIN(n, (int) sizeof(line) - 1)) < 0 &&
+            errno == EPIPE)
+                p->fd = -1;
+}
+
+void json_add_u64(json_object *o, const char *key, uint64_t v) {
         json_object_object_add(
                 o, key, json_object_new_int64((int64_t) MIN(v, (uint64_t) INT64_MAX)));
 }
 
-static void json_print(json_object *o) {
+void json_print(json_object *o) {
         puts(json_object_to_json_string_ext(
                 o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
 }
-
-static inline json_object *json_object_put_null(json_object *o) {
-        (void) json_object_put(o);
-        return NULL;
-}
-DEFINE_TRIVIAL_CLEANUP_FUNC(json_object *, json_object_put_null);
 
 /*
  * Opens IMAGE for reading or writing; writable opens take QEMU's locks (-EBUSY when held).
@@ -255,7 +276,8 @@ static int verb_inspect(int argc, char *argv[]) {
 static void print_help_compact(FILE *f) {
         fprintf(f,
                 "Usage: reclaimctl compact --image IMAGE [--dry-run] [--force] [--json]\n"
-                "       reclaimctl compact VM [--dry-run] [--force] [--json]\n");
+                "       reclaimctl compact VM [--dry-run] [--force] [--json]\n"
+                "       reclaimctl compact --all [--json]\n");
 }
 
 /* ---- the VM registry ---- */
@@ -272,7 +294,7 @@ static void registry_diag(const RegistryDiag *d, void *userdata) {
  * Loads the registry from the configured roots. *ret_where gets the directories searched,
  * for messages. Returns 0 or a negative errno (logged).
  */
-static int load_registry(Registry **ret, char **ret_where) {
+int load_registry(Registry **ret, char **ret_where) {
         _cleanup_(registry_paths_done) RegistryPaths paths = {};
         _cleanup_(registry_freep) Registry *reg = NULL;
         _cleanup_free_ char *vms_d = NULL;
@@ -304,11 +326,6 @@ static int load_registry(Registry **ret, char **ret_where) {
 }
 
 /* ---- compact ---- */
-
-typedef struct CompactRequest {
-        Qcow2CompactOptions opts; /* dry_run, force, batch_bytes */
-        bool json;
-} CompactRequest;
 
 static int
 compact_failed(const char *image, int status, json_object **ret_json, const char *fmt, ...)
@@ -371,8 +388,9 @@ static int compact_image(const char *image, const CompactRequest *req, json_obje
                         image,
                         diag.message);
         bar = progress_new(stderr, !req->json && isatty(STDERR_FILENO));
-        opts.progress = progress_cb;
-        opts.userdata = bar;
+        CompactProgress prog = { .bar = bar, .fd = req->progress_fd, .permille = UINT64_MAX };
+        opts.progress = compact_progress_cb;
+        opts.userdata = &prog;
         r = qcow2_compact(img, &opts, &st, &diag);
         progress_finish(bar);
         if (r < 0)
@@ -434,7 +452,7 @@ static int compact_image(const char *image, const CompactRequest *req, json_obje
 }
 
 /* The rank of an exit status when several disks report: error > refused > in use > done. */
-static int exit_status_rank(int status) {
+int exit_status_rank(int status) {
         switch (status) {
         case EXIT_OK:
                 return 0;
@@ -447,8 +465,50 @@ static int exit_status_rank(int status) {
         }
 }
 
+/*
+ * compact --all without reclaimd: every disk of every VM with auto_compact not "no", in
+ * registry order. A disk in use (its VM runs) is skipped, not an error. Returns the worst
+ * exit status of the others.
+ */
+static int compact_all_direct(const CompactRequest *req) {
+        _cleanup_(registry_freep) Registry *reg = NULL;
+        _cleanup_(json_object_put_nullp) json_object *o = NULL;
+        json_object *disks = NULL;
+        const RegistryVm *vm;
+        int status = EXIT_OK;
+
+        if (load_registry(&reg, NULL) < 0)
+                return EXIT_ERROR;
+        if (req->json) {
+                o = json_object_new_object();
+                disks = json_object_new_array();
+                json_object_object_add(o, "vm", NULL);
+                json_object_object_add(o, "disks", disks);
+        }
+        REGISTRY_FOREACH_VM(vm, reg, i) {
+                if (vm->auto_compact == 0) {
+                        log_info("%s: auto_compact = no, skipped.", vm->name);
+                        continue;
+                }
+                for (size_t k = 0; k < vm->n_disks; k++) {
+                        json_object *d = NULL;
+                        int s = compact_image(vm->disks[k].path, req, &d);
+
+                        if (d)
+                                json_object_array_add(disks, d);
+                        if (s == EXIT_IN_USE)
+                                continue; /* a running VM: the next night */
+                        if (exit_status_rank(s) > exit_status_rank(status))
+                                status = s;
+                }
+        }
+        if (o)
+                json_print(o);
+        return status;
+}
+
 /* Compacts every disk of the VM called name, in order; returns the worst exit status. */
-static int compact_vm(const char *name, const CompactRequest *req) {
+static int compact_vm_direct(const char *name, const CompactRequest *req) {
         _cleanup_(registry_freep) Registry *reg = NULL;
         _cleanup_(json_object_put_nullp) json_object *o = NULL;
         _cleanup_free_ char *where = NULL;
@@ -493,11 +553,14 @@ static int verb_compact(int argc, char *argv[]) {
                 { "force", no_argument, NULL, 'f' },
                 { "json", no_argument, NULL, 'j' },
                 { "batch-size", required_argument, NULL, 'b' },
+                { "progress-fd", required_argument, NULL, 'p' },
+                { "all", no_argument, NULL, 'a' },
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
-        CompactRequest req = {};
+        CompactRequest req = { .progress_fd = -1 };
         const char *image = NULL;
+        bool all = false;
         int c, r;
 
         optind = 0;
@@ -512,6 +575,9 @@ static int verb_compact(int argc, char *argv[]) {
                 case 'f':
                         req.opts.force = true;
                         break;
+                case 'a':
+                        all = true;
+                        break;
                 case 'j':
                         req.json = true;
                         break;
@@ -522,6 +588,24 @@ static int verb_compact(int argc, char *argv[]) {
                                 return EXIT_USAGE;
                         }
                         break;
+                case 'p': {
+                        char *end;
+                        long v;
+
+                        errno = 0;
+                        v = strtol(optarg, &end, 10);
+                        req.progress_fd =
+                                errno == 0 && *optarg && !*end && v >= 0 && v <= INT32_MAX ?
+                                (int) v :
+                                -1;
+                        if (req.progress_fd < 0 || fcntl(req.progress_fd, F_GETFD) < 0) {
+                                log_error("Invalid --progress-fd: %s", optarg);
+                                return EXIT_USAGE;
+                        }
+                        /* the fd is a pipe to reclaimd: no SIGPIPE if it goes away */
+                        (void) signal(SIGPIPE, SIG_IGN);
+                        break;
+                }
                 case 'h':
                         print_help_compact(stdout);
                         return EXIT_OK;
@@ -529,9 +613,30 @@ static int verb_compact(int argc, char *argv[]) {
                         print_help_compact(stderr);
                         return EXIT_USAGE;
                 }
+        if (all) {
+                if (image || argc - optind != 0 || req.opts.dry_run || req.opts.force) {
+                        log_error("--all takes no VM, --image, --dry-run or --force.");
+                        return EXIT_USAGE;
+                }
+                if (req.opts.batch_bytes == 0 && !arg_no_daemon) {
+                        r = bus_compact_all(&req);
+                        if (r != -ESRCH)
+                                return r;
+                        log_info("reclaimd is not running; compacting every stopped VM directly.");
+                }
+                return compact_all_direct(&req);
+        }
         if (!image) {
-                if (argc - optind == 1)
-                        return compact_vm(argv[optind], &req);
+                if (argc - optind == 1) {
+                        /* A dry run only reads: the daemon is not needed. */
+                        if (!req.opts.dry_run && req.opts.batch_bytes == 0 && !arg_no_daemon) {
+                                r = bus_compact_vm(argv[optind], &req);
+                                if (r != -ESRCH)
+                                        return r;
+                                log_debug("reclaimd is not running; compacting directly.");
+                        }
+                        return compact_vm_direct(argv[optind], &req);
+                }
                 if (argc - optind > 1)
                         log_error("compact takes one VM name.");
                 else
@@ -611,6 +716,12 @@ static json_object *list_vm_json(const RegistryVm *vm) {
                         vm->min_gain.value);
         }
         json_object_object_add(o, "min_gain", g);
+        BusVmSummary sum;
+        bool have = bus_vm_summary(vm->name, &sum) == 0;
+        json_object_object_add(
+                o, "guest_connected", have ? json_object_new_boolean(sum.connected) : NULL);
+        json_object_object_add(
+                o, "pending_disks", have ? json_object_new_int64(sum.pending) : NULL);
         for (size_t i = 0; i < vm->n_disks; i++) {
                 const RegistryDisk *d = &vm->disks[i];
                 json_object *dj = json_object_new_object();
@@ -645,6 +756,11 @@ static void list_vm_text(const RegistryVm *vm) {
         if (vm->overrides_file)
                 printf("  policy:  %s\n", vm->overrides_file);
         printf("  channel: %s\n", vm->channel ?: "-");
+        BusVmSummary sum;
+        if (bus_vm_summary(vm->name, &sum) == 0)
+                printf("  reclaimd: guest %s, %" PRIu32 " disk(s) pending\n",
+                       sum.connected ? "connected" : "not connected",
+                       sum.pending);
         if (vm->auto_compact >= 0)
                 printf("  auto_compact: %s\n", vm->auto_compact ? "yes" : "no");
         if (vm->min_gain.kind == REGISTRY_MIN_GAIN_PERCENT)
@@ -734,16 +850,22 @@ static const Verb verbs[] = {
         { "inspect", verb_inspect, "Show an image's allocation and what compaction would reclaim" },
         { "compact", verb_compact, "Compact a stopped VM's qcow2 disks (or one image) in place" },
         { "list", verb_list, "List the VMs found in vms.d, libvirt and Proxmox configuration" },
+        { "status", verb_status_vm, "Show a VM's guest reports, pending disks and compactions" },
+        { "reclaim", verb_reclaim, "Ask a running VM's guest agent to free its space now" },
+        { "jobs", verb_jobs, "List reclaimd's queued and running compactions" },
+        { "cancel", verb_cancel, "Cancel one of reclaimd's compaction jobs" },
 };
 
 static void print_help(FILE *f) {
         fprintf(f,
-                "Usage: reclaimctl [--root DIR] [--config-dir DIR] [--state-dir DIR] [-v] VERB "
-                "[ARGS...]\n\n"
+                "Usage: reclaimctl [--root DIR] [--config-dir DIR] [--state-dir DIR] [--no-daemon] [-v]\n"
+                "                  VERB [ARGS...]\n\n"
                 "Give thin-provisioned qcow2 images their disk space back.\n\nVerbs:\n");
         for (size_t i = 0; i < ELEMENTSOF(verbs); i++)
                 fprintf(f, "  %-10s %s\n", verbs[i].name, verbs[i].help);
         fprintf(f,
+                "\ncompact VM, status VM, list go through reclaimd when it runs (--no-daemon: never);\n"
+                "reclaim, jobs and cancel need it.\n"
                 "\nExit status: 0 done, 1 error, 2 usage, 3 image in use, 4 image refused\n"
                 "(for a VM, the worst over its disks: 1, then 4, then 3).\n"
                 "See reclaimctl(1).\n");
@@ -790,6 +912,9 @@ static int run(int argc, char *argv[]) {
                         return EXIT_OK;
                 } else if (strcmp(a, "-v") == 0 || strcmp(a, "--verbose") == 0) {
                         log_set_max_level(LOG_DEBUG);
+                        continue;
+                } else if (strcmp(a, "--no-daemon") == 0) {
+                        arg_no_daemon = true;
                         continue;
                 }
                 for (size_t k = 0; k < ELEMENTSOF(valued) && !taken; k++) {

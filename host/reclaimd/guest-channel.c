@@ -220,6 +220,7 @@ static void channel_handle_report(GuestChannel *c, const Reclaim__Report *rep) {
                 total,
                 rep->n_filesystems);
         (void) vm_state_save(vm);
+        bus_emit_guest_report(vm->manager, vm);
         manager_update_status(vm->manager);
 }
 
@@ -265,6 +266,19 @@ static int channel_handle_frame(GuestChannel *c, const uint8_t *payload, size_t 
                 r = 0;
                 break;
         case RECLAIM__ENVELOPE__BODY_PROGRESS:
+                if (c->state != CHANNEL_READY || !m->progress)
+                        channel_count_error(c);
+                else
+                        /* the mount point is the guest's string: the bus carries it as data,
+                         * sd-bus refuses it if it is not UTF-8 (then no signal) */
+                        bus_emit_guest_progress(
+                                c->vm->manager,
+                                c->vm,
+                                m->progress->mount_point ?: "",
+                                m->progress->bytes_done,
+                                m->progress->bytes_total);
+                r = 0;
+                break;
         case RECLAIM__ENVELOPE__BODY_PONG:
                 /* advisory: nothing to do with them yet beyond keeping the channel alive */
                 if (c->state != CHANNEL_READY)
@@ -448,6 +462,41 @@ GuestChannel *guest_channel_free(GuestChannel *c) {
 
 bool guest_channel_is_connected(const GuestChannel *c) {
         return c && c->state != CHANNEL_WAITING;
+}
+
+bool guest_channel_is_ready(const GuestChannel *c) {
+        return c && c->state == CHANNEL_READY;
+}
+
+void guest_channel_set_vm(GuestChannel *c, Vm *vm) {
+        if (c)
+                c->vm = vm;
+}
+
+int64_t guest_channel_request_reclaim(
+        GuestChannel *c, int mode, uint64_t rate, uint64_t reserve, unsigned reserve_percent) {
+        Reclaim__Envelope m;
+        Reclaim__ReclaimRequest req;
+        int r;
+
+        if (!guest_channel_is_ready(c))
+                return -ENOTCONN;
+        reclaim__reclaim_request__init(&req);
+        req.mode = (Reclaim__Mode) mode;
+        req.rate_bytes_per_sec = rate;
+        req.reserve_bytes = reserve;
+        req.reserve_percent = reserve_percent;
+        rpc_message_init(&m, 0);
+        m.body_case = RECLAIM__ENVELOPE__BODY_RECLAIM_REQUEST;
+        m.reclaim_request = &req;
+        r = channel_send(c, &m);
+        if (r < 0) {
+                log_warning_errno(r, "%s: failed to send ReclaimRequest: %m", c->vm->name);
+                channel_disconnect(c, false);
+                return r;
+        }
+        log_info("%s: asked the guest to reclaim (request %" PRIu64 ").", c->vm->name, m.seq);
+        return (int64_t) m.seq;
 }
 
 uint64_t guest_channel_dropped(const GuestChannel *c) {

@@ -33,6 +33,8 @@ int manager_config_init(ManagerConfig *c, const char *state_dir, const char *rec
                 .job_timeout_sec = 6 * 3600,
                 .retry_interval_sec = 30,
                 .min_gain = { .kind = REGISTRY_MIN_GAIN_UNSET },
+                .window_start = -1,
+                .window_end = -1,
         };
         return 0;
 }
@@ -101,6 +103,40 @@ static int parse_bool(const char *s, bool *ret) {
                 *ret = false;
         else
                 return -EINVAL;
+        return 0;
+}
+
+/* "HH:MM" -> minutes after midnight; -EINVAL unless 00:00-24:00 exactly so. */
+static int parse_hhmm(const char *s, size_t len, int *ret) {
+        unsigned h, m;
+        char buf[6];
+        int n = 0;
+
+        if (len != 5)
+                return -EINVAL;
+        memcpy(buf, s, 5);
+        buf[5] = '\0';
+        if (sscanf(buf, "%2u:%2u%n", &h, &m, &n) != 2 || n != 5 || m > 59 || h > 24 ||
+            (h == 24 && m != 0))
+                return -EINVAL;
+        *ret = (int) (h * 60 + m);
+        return 0;
+}
+
+/* "01:00-05:30" (may wrap past midnight: "22:00-06:00") or "any". */
+static int parse_window(const char *s, int *ret_start, int *ret_end) {
+        const char *dash = strchr(s, '-');
+        int a, b;
+
+        if (strcmp(s, "any") == 0) {
+                *ret_start = *ret_end = -1;
+                return 0;
+        }
+        if (!dash || parse_hhmm(s, (size_t) (dash - s), &a) < 0 ||
+            parse_hhmm(dash + 1, strlen(dash + 1), &b) < 0 || a == b)
+                return -EINVAL;
+        *ret_start = a;
+        *ret_end = b;
         return 0;
 }
 
@@ -185,6 +221,10 @@ static int config_handler(void *user, const char *section, const char *key, cons
                         return config_error(
                                 p, "guest_min_reserve_percent must be 0-100, not '%s'", value);
                 c->guest_min_reserve_percent = (unsigned) v;
+        } else if (strcmp(key, "window") == 0) {
+                if (parse_window(value, &p->config->window_start, &p->config->window_end) < 0)
+                        return config_error(
+                                p, "window must be HH:MM-HH:MM (or 'any'), not '%s'", value);
         } else if (strcmp(key, "guest_allow_zero") == 0) {
                 if (parse_bool(value, &b) < 0)
                         return config_error(

@@ -8,6 +8,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <time.h>
+
 #include <systemd/sd-daemon.h>
 
 #include "log.h"
@@ -35,15 +39,26 @@ static void manager_free_vms(Manager *m) {
         m->n_vms = 0;
 }
 
+static void manager_unwatch(Manager *m) {
+        for (size_t i = 0; i < m->n_watches; i++)
+                sd_event_source_disable_unref(m->watches[i]);
+        m->watches = mfree(m->watches);
+        m->n_watches = 0;
+}
+
 Manager *manager_free(Manager *m) {
         if (!m)
                 return NULL;
         manager_jobs_abort(m);
         manager_free_vms(m);
+        manager_unwatch(m);
+        m->reload_timer = sd_event_source_disable_unref(m->reload_timer);
         m->retry_timer = sd_event_source_disable_unref(m->retry_timer);
+        m->bus = sd_bus_flush_close_unref(m->bus);
         sd_event_unref(m->event);
         manager_config_done(&m->config);
         registry_paths_done(&m->paths);
+        free(m->config_path);
         return mfree(m);
 }
 
@@ -54,23 +69,52 @@ Vm *manager_find_vm(Manager *m, const char *name) {
         return NULL;
 }
 
-void manager_update_status(Manager *m) {
-        unsigned connected = 0, pending = 0;
+unsigned manager_n_connected(const Manager *m) {
+        unsigned n = 0;
 
-        for (size_t i = 0; i < m->n_vms; i++) {
+        for (size_t i = 0; i < m->n_vms; i++)
                 if (guest_channel_is_connected(m->vms[i]->channel))
-                        connected++;
+                        n++;
+        return n;
+}
+
+unsigned manager_n_pending(const Manager *m) {
+        unsigned n = 0;
+
+        for (size_t i = 0; i < m->n_vms; i++)
                 for (size_t k = 0; k < m->vms[i]->n_disks; k++)
                         if (m->vms[i]->disks[k].pending)
-                                pending++;
-        }
+                                n++;
+        return n;
+}
+
+bool manager_in_window(const Manager *m) {
+        int s = m->config.window_start, e = m->config.window_end, now;
+        struct tm tm;
+        time_t t;
+
+        if (s < 0 || e < 0)
+                return true;
+        t = time(NULL);
+        if (!localtime_r(&t, &tm))
+                return true;
+        now = tm.tm_hour * 60 + tm.tm_min;
+        if (s <= e)
+                return now >= s && now < e;
+        return now >= s || now < e; /* wraps past midnight, e.g. 22:00-06:00 */
+}
+
+void manager_update_status(Manager *m) {
         (void) sd_notifyf(
                 false,
-                "STATUS=%zu VMs, %u channels connected, %u disks pending, %u jobs running",
+                "STATUS=%zu VMs, %u channels connected, %u disks pending, %u jobs running, "
+                "%u queued",
                 m->n_vms,
-                connected,
-                pending,
-                m->n_jobs);
+                manager_n_connected(m),
+                manager_n_pending(m),
+                m->n_jobs,
+                m->n_queued);
+        bus_emit_counts_changed(m);
 }
 
 static void registry_diag_cb(const RegistryDiag *diag, void *userdata) {
@@ -86,6 +130,7 @@ static int vm_new(Manager *m, const RegistryVm *rvm, Vm **ret) {
                 return -ENOMEM;
         vm->manager = m;
         vm->min_gain = rvm->min_gain;
+        vm->auto_compact = rvm->auto_compact != 0; /* unset: yes */
         vm->name = strdup(rvm->name);
         vm->channel_path = rvm->channel ? strdup(rvm->channel) : NULL;
         vm->disks = calloc(MAX(rvm->n_disks, (size_t) 1), sizeof(VmDisk));
@@ -135,6 +180,17 @@ static int manager_load_vms(Manager *m) {
                 n++;
         }
 
+        /* A VM whose channel path did not change keeps its connection (and its guest's
+         * in-memory figures): a reload must not disconnect every guest. */
+        for (size_t i = 0; i < n; i++) {
+                Vm *old = manager_find_vm(m, vms[i]->name);
+
+                if (!old || !old->channel || !vms[i]->channel_path || !old->channel_path ||
+                    strcmp(old->channel_path, vms[i]->channel_path) != 0)
+                        continue;
+                vms[i]->channel = TAKE_PTR(old->channel);
+                guest_channel_set_vm(vms[i]->channel, vms[i]);
+        }
         manager_free_vms(m);
         m->vms = vms;
         m->n_vms = n;
@@ -142,7 +198,7 @@ static int manager_load_vms(Manager *m) {
                 Vm *vm = vms[i];
 
                 (void) vm_state_save(vm); /* a new VM gets its file; a damaged one was redone */
-                if (!vm->channel_path)
+                if (!vm->channel_path || vm->channel)
                         continue;
                 r = guest_channel_new(vm, &vm->channel);
                 if (r < 0)
@@ -166,6 +222,85 @@ static int on_sighup(sd_event_source *s, const struct signalfd_siginfo *si, void
 
 static int on_retry(sd_event_source *s, uint64_t usec, void *userdata) {
         (void) manager_schedule(userdata);
+        return 0;
+}
+
+static int on_reload_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+
+        log_info("VM configuration changed on disk.");
+        (void) manager_reload(m);
+        return 0;
+}
+
+/* A registry file changed: reload once the files have been quiet for RELOAD_DELAY_USEC
+ * (an editor or libvirt writes several files, or one file in several steps). */
+static int on_registry_inotify(sd_event_source *s, const struct inotify_event *ev, void *userdata) {
+        Manager *m = userdata;
+        int r;
+
+        if (ev->mask & IN_Q_OVERFLOW)
+                log_debug("inotify queue overflow; reloading.");
+        r = sd_event_source_set_time_relative(m->reload_timer, RELOAD_DELAY_USEC);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(m->reload_timer, SD_EVENT_ONESHOT);
+        if (r < 0)
+                log_warning_errno(r, "Failed to schedule a reload: %m");
+        return 0;
+}
+
+int manager_watch_registry(Manager *m) {
+        const char *dirs[4];
+        _cleanup_free_ char *storage_dir = NULL;
+        size_t n_dirs = 0;
+        int r;
+
+        manager_unwatch(m);
+        if (m->paths.vms_d)
+                dirs[n_dirs++] = m->paths.vms_d;
+        if (m->paths.libvirt_qemu)
+                dirs[n_dirs++] = m->paths.libvirt_qemu;
+        if (m->paths.pve_qemu_server)
+                dirs[n_dirs++] = m->paths.pve_qemu_server;
+        if (m->paths.pve_storage_cfg) {
+                /* storage.cfg is replaced by rename: watch its directory */
+                char *slash;
+
+                storage_dir = strdup(m->paths.pve_storage_cfg);
+                if (!storage_dir)
+                        return -ENOMEM;
+                slash = strrchr(storage_dir, '/');
+                if (slash && slash != storage_dir) {
+                        *slash = '\0';
+                        dirs[n_dirs++] = storage_dir;
+                }
+        }
+        m->watches = calloc(n_dirs, sizeof(sd_event_source *));
+        if (!m->watches)
+                return -ENOMEM;
+        for (size_t i = 0; i < n_dirs; i++) {
+                struct stat st;
+
+                /* a directory that does not exist (no libvirt here) is simply not watched;
+                 * SIGHUP picks it up if it appears later */
+                if (stat(dirs[i], &st) < 0 || !S_ISDIR(st.st_mode))
+                        continue;
+                r = sd_event_add_inotify(
+                        m->event,
+                        &m->watches[m->n_watches],
+                        dirs[i],
+                        IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_CREATE |
+                                IN_ONLYDIR,
+                        on_registry_inotify,
+                        m);
+                if (r < 0) {
+                        log_warning_errno(
+                                r, "Cannot watch %s for changes (reload with SIGHUP): %m", dirs[i]);
+                        continue;
+                }
+                log_debug("Watching %s for changes.", dirs[i]);
+                m->n_watches++;
+        }
         return 0;
 }
 
@@ -197,6 +332,11 @@ int manager_new(ManagerConfig *config, RegistryPaths *paths, Manager **ret) {
         if (r < 0)
                 return r;
         (void) sd_event_source_set_enabled(m->retry_timer, SD_EVENT_OFF);
+        r = sd_event_add_time(
+                m->event, &m->reload_timer, CLOCK_MONOTONIC, 0, 0, on_reload_timer, m);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_enabled(m->reload_timer, SD_EVENT_OFF);
 
         m->config = *config;
         *config = (ManagerConfig){ 0 };
@@ -209,18 +349,76 @@ int manager_new(ManagerConfig *config, RegistryPaths *paths, Manager **ret) {
 int manager_startup(Manager *m) {
         int r;
 
+        r = manager_bus_open(m);
+        if (r == -EEXIST)
+                return log_error_errno(
+                        r,
+                        "Another process owns %s on the system bus; is reclaimd already running?",
+                        BUS_NAME);
+        if (r < 0)
+                log_warning_errno(r, "No D-Bus API: cannot use the system bus: %m");
         r = manager_load_vms(m);
         if (r < 0)
                 return r;
+        r = manager_watch_registry(m);
+        if (r < 0)
+                log_warning_errno(r, "Cannot watch the VM configuration (reload with SIGHUP): %m");
         return manager_schedule(m);
+}
+
+int manager_set_config_path(Manager *m, const char *path, bool missing_ok) {
+        char *p = strdup(path);
+
+        if (!p)
+                return -ENOMEM;
+        free(m->config_path);
+        m->config_path = p;
+        m->config_missing_ok = missing_ok;
+        return 0;
+}
+
+/* Re-reads reclaimd.conf into m->config; on any error the old configuration stays. */
+static void manager_reload_config(Manager *m) {
+        ManagerConfig c;
+        int r;
+
+        if (!m->config_path)
+                return;
+        r = manager_config_init(&c, m->config.state_dir, m->config.reclaimctl);
+        if (r < 0) {
+                log_error_errno(r, "Out of memory.");
+                return;
+        }
+        r = manager_config_load(&c, m->config_path, m->config_missing_ok);
+        if (r < 0) {
+                log_error(
+                        "Keeping the previous configuration (%s could not be used).",
+                        m->config_path);
+                manager_config_done(&c);
+                return;
+        }
+        if (strcmp(c.state_dir, m->config.state_dir) != 0 ||
+            strcmp(c.reclaimctl, m->config.reclaimctl) != 0)
+                log_warning("state_dir and reclaimctl take effect when reclaimd restarts.");
+        /* those two stay; everything else is the file's */
+        char *sd = TAKE_PTR(m->config.state_dir), *rc = TAKE_PTR(m->config.reclaimctl);
+        manager_config_done(&m->config);
+        free(c.state_dir);
+        free(c.reclaimctl);
+        c.state_dir = sd;
+        c.reclaimctl = rc;
+        m->config = c;
 }
 
 int manager_reload(Manager *m) {
         int r;
 
-        log_info("Reloading the VM registry.");
+        log_info("Reloading the configuration and the VM registry.");
         (void) sd_notify(false, "RELOADING=1");
+        manager_reload_config(m);
         r = manager_load_vms(m);
+        if (r >= 0)
+                (void) manager_watch_registry(m); /* directories may have appeared */
         (void) sd_notify(false, "READY=1");
         if (r < 0)
                 return r;

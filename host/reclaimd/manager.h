@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
 
 #include "registry.h"
@@ -35,6 +36,17 @@
 #define JOB_MAX_FAILURES 3u
 /* The most bytes of a helper's stdout we keep (its JSON is a few hundred bytes). */
 #define JOB_OUTPUT_MAX (64u * 1024u)
+/* JobProgress signals: at most one per job this often (and on every phase change). */
+#define JOB_PROGRESS_SIGNAL_USEC (250 * UINT64_C(1000))
+/* Registry files changed: reload after they have been quiet this long. */
+#define RELOAD_DELAY_USEC (500 * UINT64_C(1000))
+/* The most jobs that may wait in the queue (Compact/CompactAll requests). */
+#define JOB_QUEUE_MAX 4096u
+
+/* The D-Bus API (docs/host.md, "D-Bus API"). */
+#define BUS_NAME "org.reclaim.Manager1"
+#define BUS_PATH "/org/reclaim/Manager1"
+#define BUS_INTERFACE "org.reclaim.Manager1"
 
 typedef struct Manager Manager;
 typedef struct GuestChannel GuestChannel;
@@ -52,6 +64,10 @@ typedef struct ManagerConfig {
         uint64_t guest_min_reserve;
         unsigned guest_min_reserve_percent;
         bool guest_allow_zero;
+        /* automatic compactions start only inside [window_start, window_end) minutes after
+         * local midnight (the window may wrap past midnight); -1: any time */
+        int window_start;
+        int window_end;
 } ManagerConfig;
 
 typedef struct VmDisk {
@@ -65,11 +81,53 @@ typedef struct VmDisk {
         char *refused;     /* why the engine refused the image (exit 4); then not retried */
 } VmDisk;
 
+typedef enum JobState {
+        JOB_QUEUED,  /* waiting for a free slot or its storage */
+        JOB_RUNNING, /* the helper runs */
+} JobState;
+
+/* Why a job exists: decides what "in use" means for it. */
+typedef enum JobOrigin {
+        JOB_AUTO,      /* a pending disk of a stopped VM (guest report) */
+        JOB_SCHEDULED, /* CompactAll (the nightly timer): in use -> stays pending, no error */
+        JOB_REQUESTED, /* Compact (an admin): in use -> the job ends with "in-use" */
+} JobOrigin;
+
+struct Job {
+        Manager *manager;
+        Job *next;
+        uint32_t id;
+        JobState state;
+        JobOrigin origin;
+        bool force; /* --force: compact a preallocated image too */
+        char *vm_name;
+        char *image;
+        uint64_t expected_gain;
+        dev_t dev;
+        pid_t pid;
+        int out_fd;
+        int progress_fd;
+        sd_event_source *child;
+        sd_event_source *out;
+        sd_event_source *progress;
+        sd_event_source *timeout;
+        bool killed;
+        bool cancelled;
+        char phase[32];
+        uint64_t done, total;
+        uint64_t progress_signal_usec; /* CLOCK_MONOTONIC of the last JobProgress */
+        char progress_line[128];
+        size_t progress_line_len;
+        char output[JOB_OUTPUT_MAX];
+        size_t output_len;
+};
+
 typedef struct Vm {
         Manager *manager;
         char *name;
         char *channel_path;
         RegistryMinGain min_gain; /* the VM's own, or UNSET */
+        bool auto_compact;        /* false: only an admin's Compact touches its disks */
         VmDisk *disks;
         size_t n_disks;
         GuestChannel *channel;
@@ -84,9 +142,18 @@ struct Manager {
         RegistryPaths paths;
         Vm **vms;
         size_t n_vms;
-        Job *jobs; /* linked list of running jobs */
-        unsigned n_jobs;
+        Job *jobs;       /* queued and running jobs, in the order they were made */
+        unsigned n_jobs; /* running ones */
+        unsigned n_queued;
+        uint32_t last_job_id;
         sd_event_source *retry_timer;
+        sd_bus *bus;            /* NULL: no D-Bus API (no system bus) */
+        uint32_t bus_counts[5]; /* the count properties last announced */
+        char *config_path;      /* reclaimd.conf, re-read on reload; NULL: none */
+        bool config_missing_ok;
+        sd_event_source *reload_timer; /* debounces inotify events */
+        sd_event_source **watches;     /* inotify watches of the registry directories */
+        size_t n_watches;
 };
 
 /* ---- manager-config.c ---- */
@@ -129,7 +196,17 @@ static inline void manager_freep(Manager **m) {
 /* Loads the registry and the state, connects channels and schedules pending disks. -errno. */
 int manager_startup(Manager *m);
 
-/* Re-reads the registry (SIGHUP); keeps running jobs. Returns 0 or -errno (logged). */
+/*
+ * Remembers reclaimd.conf's path for reloads (a missing file is fine when missing_ok).
+ * Returns 0 or -ENOMEM.
+ */
+int manager_set_config_path(Manager *m, const char *path, bool missing_ok);
+
+/*
+ * Re-reads reclaimd.conf (SIGHUP, Reload(); state_dir and reclaimctl keep their values: they
+ * take effect on restart) and the registry; keeps running jobs and live guest connections.
+ * A bad configuration file is logged and the old configuration kept. Returns 0 or -errno.
+ */
 int manager_reload(Manager *m);
 
 /* Sends STATUS= to the service manager. */
@@ -137,6 +214,35 @@ void manager_update_status(Manager *m);
 
 /* The Vm called name (borrowed), or NULL. */
 Vm *manager_find_vm(Manager *m, const char *name);
+
+/* Counts for STATUS= and the D-Bus properties. */
+unsigned manager_n_connected(const Manager *m);
+unsigned manager_n_pending(const Manager *m);
+
+/* (Re)creates the inotify watches on the registry's directories. Returns 0 or -errno. */
+int manager_watch_registry(Manager *m);
+
+/* Whether automatic compactions may start now (inside the window, or no window set). */
+bool manager_in_window(const Manager *m);
+
+/* ---- bus.c ---- */
+
+/*
+ * Connects to the system bus (DBUS_SYSTEM_BUS_ADDRESS is honoured), publishes BUS_PATH and
+ * takes BUS_NAME. Returns 0, or -errno when there is no bus (the caller decides) or the name
+ * is owned by another process (-EEXIST).
+ */
+int manager_bus_open(Manager *m);
+
+/* Signals; no-ops without a bus. */
+void bus_emit_job_new(Manager *m, const Job *j);
+void bus_emit_job_progress(Manager *m, const Job *j);
+void bus_emit_job_removed(
+        Manager *m, const Job *j, const char *result, int status, uint64_t reclaimed);
+void bus_emit_guest_report(Manager *m, const Vm *vm);
+void bus_emit_guest_progress(
+        Manager *m, const Vm *vm, const char *mount_point, uint64_t done, uint64_t total);
+void bus_emit_counts_changed(Manager *m);
 
 /* ---- guest-channel.c ---- */
 
@@ -151,6 +257,19 @@ GuestChannel *guest_channel_free(GuestChannel *c);
 
 /* Whether a guest is on the other end now (the VM is running). */
 bool guest_channel_is_connected(const GuestChannel *c);
+
+/* Whether the guest agent said Hello (it can take requests). */
+bool guest_channel_is_ready(const GuestChannel *c);
+
+/* Hands the channel over to another Vm object (a reload keeps live connections). */
+void guest_channel_set_vm(GuestChannel *c, Vm *vm);
+
+/*
+ * Sends a ReclaimRequest. mode: RECLAIM__MODE__MODE_* value; 0 values mean the policy's.
+ * Returns the request's seq, -ENOTCONN when no agent said Hello, or -errno.
+ */
+int64_t guest_channel_request_reclaim(
+        GuestChannel *c, int mode, uint64_t rate, uint64_t reserve, unsigned reserve_percent);
 
 /* Counters: frames dropped by the rate limit and malformed frames, over the channel's life. */
 uint64_t guest_channel_dropped(const GuestChannel *c);
@@ -169,8 +288,32 @@ int manager_schedule(Manager *m);
 /* Kills (SIGKILL) and reaps every running helper, without recording results. */
 void manager_jobs_abort(Manager *m);
 
-/* Whether a job runs on path now. */
+/* Whether a job (queued or running) exists for path. */
 bool manager_job_running(Manager *m, const char *path);
+
+/* The job for path, or with that id; NULL if none. */
+Job *manager_job_for_path(Manager *m, const char *path);
+Job *manager_find_job(Manager *m, uint32_t id);
+
+/*
+ * Queues a compaction of disk d of vm. An existing job for the disk is returned as it is.
+ * Returns 0 and the job in *ret (borrowed), -EBUSY when the VM runs or QEMU holds the image
+ * (only checked for JOB_REQUESTED), -ENOSPC when the queue is full, -ENOMEM.
+ */
+int manager_enqueue(Manager *m, Vm *vm, VmDisk *d, JobOrigin origin, bool force, Job **ret);
+
+/*
+ * Queues every disk of a stopped VM whose expected gain passes its threshold, biggest gain
+ * first (the nightly run). Returns the number queued, or -errno.
+ */
+int manager_enqueue_all(Manager *m, uint32_t **ret_ids);
+
+/* Cancels a job: a queued one is dropped, a running one killed (the engine is crash-safe).
+ * The disk is no longer pending. Returns 0 or -ENOENT. */
+int manager_cancel_job(Manager *m, uint32_t id);
+
+/* The gain a compaction of d is expected to bring (0: unknown or already compacted since). */
+uint64_t vm_disk_expected_gain(const VmDisk *d);
 
 /* Whether disk d of vm passes the min_gain policy (the VM's own, else the daemon's). */
 bool vm_disk_worth_compacting(const Vm *vm, const VmDisk *d);

@@ -108,7 +108,7 @@ static int parse_argv(int argc, char *argv[]) {
 }
 
 /* Resolves configuration and paths; returns 0, -EINVAL (bad configuration, logged), -ENOMEM. */
-static int load_config(ManagerConfig *config, RegistryPaths *paths) {
+static int load_config(ManagerConfig *config, RegistryPaths *paths, char **ret_conf) {
         _cleanup_free_ char *conf = NULL, *vms_d = NULL;
         int r;
 
@@ -143,11 +143,13 @@ static int load_config(ManagerConfig *config, RegistryPaths *paths) {
                 if (r < 0)
                         return log_error_errno(r, "Out of memory.");
         }
+        *ret_conf = TAKE_PTR(conf);
         return 0;
 }
 
 static int run(int argc, char *argv[]) {
         _cleanup_(manager_freep) Manager *m = NULL;
+        _cleanup_free_ char *conf = NULL;
         ManagerConfig config = { 0 };
         RegistryPaths paths = { 0 };
         sigset_t mask;
@@ -158,7 +160,7 @@ static int run(int argc, char *argv[]) {
         if (r <= 0)
                 return r < 0 ? 2 : 0;
 
-        r = load_config(&config, &paths);
+        r = load_config(&config, &paths, &conf);
         if (r < 0) {
                 manager_config_done(&config);
                 registry_paths_done(&paths);
@@ -181,6 +183,8 @@ static int run(int argc, char *argv[]) {
         r = manager_new(&config, &paths, &m);
         manager_config_done(&config);
         registry_paths_done(&paths);
+        if (r >= 0)
+                r = manager_set_config_path(m, conf, !arg_config);
         if (r < 0) {
                 log_error_errno(r, "Failed to set up the manager: %m");
                 return 1;

@@ -8,6 +8,9 @@
  *       (one ext4 filesystem, N bytes zeroed), then close: the VM stopped. Exit 0.
  *       With --wait-ping the guest stays silent until reclaimd pings it (an agent that
  *       missed the connect), then answers with Hello first and a Pong.
+ *   fake-qemu serve --socket PATH [--bytes N]
+ *       a running VM whose agent waits for requests: Hello, HelloAck, then for each
+ *       ReclaimRequest a Progress and a Report of N bytes; stays connected until killed.
  *   fake-qemu hostile --socket PATH
  *       a hostile guest, for every connection until killed: garbage, a frame header with an
  *       oversized length, a Hello then a flood of frames, a frame that never completes; then
@@ -105,14 +108,15 @@ static bool send_hello(int fd, uint64_t seq) {
         return send_msg(fd, &m);
 }
 
-/* Waits (at most 30 s) for a message of body kind; fails on anything else. Returns its seq
- * and, for a Ping, its nonce in *ret_nonce. */
+/* Waits (at most 30 s; for a ReclaimRequest, as long as it takes) for a message of body kind;
+ * fails on anything else. Returns its seq and, for a Ping, its nonce in *ret_nonce. */
 static uint64_t wait_msg(int fd, Reclaim__Envelope__BodyCase kind, uint64_t *ret_nonce) {
         _cleanup_(rpc_decoder_freep) RpcDecoder *d = rpc_decoder_new();
 
         if (!d)
                 fail("out of memory");
-        for (int rounds = 0; rounds < 300; rounds++) {
+        for (int rounds = 0; kind == RECLAIM__ENVELOPE__BODY_RECLAIM_REQUEST || rounds < 300;
+             rounds++) {
                 struct pollfd pf = { .fd = fd, .events = POLLIN };
                 uint8_t buf[4096];
                 const uint8_t *payload;
@@ -123,7 +127,8 @@ static uint64_t wait_msg(int fd, Reclaim__Envelope__BodyCase kind, uint64_t *ret
                         continue;
                 n = read(fd, buf, sizeof(buf));
                 if (n <= 0)
-                        fail("reclaimd closed the channel before HelloAck");
+                        fail("reclaimd closed the channel while we waited for %s",
+                             rpc_message_body_name(kind));
                 if (rpc_decoder_feed(d, buf, (size_t) n) != n)
                         fail("decoder full");
                 while (rpc_decoder_next(d, &payload, &len) > 0) {
@@ -168,12 +173,75 @@ static bool send_pong(int fd, uint64_t seq, uint64_t nonce, uint64_t in_reply_to
         return send_msg(fd, &m);
 }
 
-static int do_report(const char *path, uint64_t bytes, bool wait_ping) {
+/* A Report of one ext4 filesystem with bytes zeroed, answering in_reply_to (0: none). */
+static bool send_report(int fd, uint64_t seq, uint64_t in_reply_to, uint64_t bytes) {
         static char mnt[] = "/", dev[] = "/dev/vda1", fstype[] = "ext4";
-        int lfd = listen_on(path), fd;
         Reclaim__Envelope m;
         Reclaim__Report rep;
         Reclaim__FsReport fs, *fss[1] = { &fs };
+
+        reclaim__fs_report__init(&fs);
+        fs.mount_point = mnt;
+        fs.device = dev;
+        fs.fstype = fstype;
+        fs.method = RECLAIM__METHOD__METHOD_ZERO;
+        fs.bytes = bytes;
+        fs.outcome = RECLAIM__OUTCOME__OUTCOME_OK;
+        reclaim__report__init(&rep);
+        rep.filesystems = fss;
+        rep.n_filesystems = 1;
+        rep.mode = RECLAIM__MODE__MODE_ZERO;
+        rpc_message_init(&m, seq);
+        m.in_reply_to = in_reply_to;
+        m.body_case = RECLAIM__ENVELOPE__BODY_REPORT;
+        m.report = &rep;
+        return send_msg(fd, &m);
+}
+
+static bool
+send_progress(int fd, uint64_t seq, uint64_t in_reply_to, uint64_t done, uint64_t total) {
+        static char mnt[] = "/";
+        Reclaim__Envelope m;
+        Reclaim__Progress p;
+
+        reclaim__progress__init(&p);
+        p.mount_point = mnt;
+        p.method = RECLAIM__METHOD__METHOD_ZERO;
+        p.bytes_done = done;
+        p.bytes_total = total;
+        p.filesystems_total = 1;
+        rpc_message_init(&m, seq);
+        m.in_reply_to = in_reply_to;
+        m.body_case = RECLAIM__ENVELOPE__BODY_PROGRESS;
+        m.progress = &p;
+        return send_msg(fd, &m);
+}
+
+static int do_serve(const char *path, uint64_t bytes) {
+        int lfd = listen_on(path), fd;
+        uint64_t seq = 2;
+
+        printf("# listening on %s\n", path);
+        fflush(stdout);
+        fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0)
+                fail("accept: %s", strerror(errno));
+        if (!send_hello(fd, 1))
+                fail("send Hello");
+        wait_hello_ack(fd);
+        for (;;) {
+                uint64_t req = wait_msg(fd, RECLAIM__ENVELOPE__BODY_RECLAIM_REQUEST, NULL);
+
+                if (!send_progress(fd, seq++, req, bytes / 2, bytes) ||
+                    !send_report(fd, seq++, req, bytes))
+                        fail("send Report");
+                printf("# report sent\n");
+                fflush(stdout);
+        }
+}
+
+static int do_report(const char *path, uint64_t bytes, bool wait_ping) {
+        int lfd = listen_on(path), fd;
 
         printf("# listening on %s\n", path);
         fflush(stdout);
@@ -195,21 +263,7 @@ static int do_report(const char *path, uint64_t bytes, bool wait_ping) {
                 wait_hello_ack(fd);
         }
 
-        reclaim__fs_report__init(&fs);
-        fs.mount_point = mnt;
-        fs.device = dev;
-        fs.fstype = fstype;
-        fs.method = RECLAIM__METHOD__METHOD_ZERO;
-        fs.bytes = bytes;
-        fs.outcome = RECLAIM__OUTCOME__OUTCOME_OK;
-        reclaim__report__init(&rep);
-        rep.filesystems = fss;
-        rep.n_filesystems = 1;
-        rep.mode = RECLAIM__MODE__MODE_ZERO;
-        rpc_message_init(&m, seq);
-        m.body_case = RECLAIM__ENVELOPE__BODY_REPORT;
-        m.report = &rep;
-        if (!send_msg(fd, &m))
+        if (!send_report(fd, seq, 0, bytes))
                 fail("send Report");
         printf("# report sent\n");
         fflush(stdout);
@@ -316,7 +370,7 @@ int main(int argc, char *argv[]) {
         }
         if (argc < 2 || !socket_path) {
                 fprintf(stderr,
-                        "Usage: fake-qemu report|hostile --socket PATH [--bytes N] [--wait-ping]\n");
+                        "Usage: fake-qemu report|serve|hostile --socket PATH [--bytes N] [--wait-ping]\n");
                 return 2;
         }
         (void) signal(SIGPIPE, SIG_IGN);
@@ -324,6 +378,8 @@ int main(int argc, char *argv[]) {
                 return do_report(socket_path, bytes, wait_ping);
         if (strcmp(argv[1], "hostile") == 0)
                 return do_hostile(socket_path);
+        if (strcmp(argv[1], "serve") == 0)
+                return do_serve(socket_path, bytes);
         fprintf(stderr, "fake-qemu: unknown scenario '%s'\n", argv[1]);
         return 2;
 }

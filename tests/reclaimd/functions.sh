@@ -163,3 +163,52 @@ check_image() {
         qemu-img check -q "$img" || fail "qemu-img check $img: exit $?"
         qemu-img compare -q "$T/$1.orig" "$img" || fail "$img differs from its pristine copy"
 }
+
+# bus_start: a private system bus (dbus-daemon) at $T/bus with the system bus's default rules
+# and reclaimd's own policy file (units/org.reclaim.Manager1.conf); exports
+# DBUS_SYSTEM_BUS_ADDRESS so reclaimd, reclaimctl and busctl use it.
+bus_start() {
+        local i
+        requires dbus-daemon busctl
+        cat >"$T/bus.conf" <<CONF
+<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <auth>EXTERNAL</auth>
+  <listen>unix:path=$T/bus</listen>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+  </policy>
+  <policy user="root">
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Monitoring"/>
+  </policy>
+  <include>$SRCDIR/units/org.reclaim.Manager1.conf</include>
+</busconfig>
+CONF
+        dbus-daemon --config-file="$T/bus.conf" --nofork --nopidfile >"$T/bus.log" 2>&1 7>&- &
+        BG_PIDS+=("$!")
+        for ((i = 0; i < 200; i++)); do
+                [[ -S "$T/bus" ]] && break
+                sleep 0.05
+        done
+        [[ -S "$T/bus" ]] || fail "dbus-daemon did not start: $(cat "$T/bus.log")"
+        export DBUS_SYSTEM_BUS_ADDRESS="unix:path=$T/bus"
+}
+
+# on_bus: reclaimd owns its name on the private bus
+on_bus() {
+        busctl call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus \
+                NameHasOwner s org.reclaim.Manager1 2>/dev/null | grep -q "^b true"
+}

@@ -62,6 +62,17 @@ static void test_config_lines(void **state) {
                 { "[other]\nmax_concurrent = 1\n", -EINVAL },
                 { "max_concurrent = 1\n", -EINVAL },
                 { "[daemon\n", -EINVAL },
+                { "[daemon]\nwindow = 01:00-05:30\n", 0 },
+                { "[daemon]\nwindow = 22:00-06:00\n", 0 },
+                { "[daemon]\nwindow = 00:00-24:00\n", 0 },
+                { "[daemon]\nwindow = any\n", 0 },
+                { "[daemon]\nwindow = 01:00-01:00\n", -EINVAL },
+                { "[daemon]\nwindow = 1:00-05:00\n", -EINVAL },
+                { "[daemon]\nwindow = 01:60-05:00\n", -EINVAL },
+                { "[daemon]\nwindow = 24:01-05:00\n", -EINVAL },
+                { "[daemon]\nwindow = 01:00\n", -EINVAL },
+                { "[daemon]\nwindow = 01:00-05:00x\n", -EINVAL },
+                { "[daemon]\nwindow = -\n", -EINVAL },
         };
         char path[256];
 
@@ -96,6 +107,15 @@ static void test_config_values(void **state) {
         assert_int_equal(c.guest_max_rate, 100u << 20);
         assert_true(c.guest_allow_zero);
         assert_int_equal(c.retry_interval_sec, 2);
+        assert_int_equal(c.window_start, -1); /* no window: any time */
+        assert_int_equal(c.window_end, -1);
+        manager_config_done(&c);
+
+        write_file(path, "[daemon]\nwindow = 22:30-06:00\n");
+        assert_int_equal(manager_config_init(&c, "/s", "/r"), 0);
+        assert_int_equal(manager_config_load(&c, path, false), 0);
+        assert_int_equal(c.window_start, 22 * 60 + 30);
+        assert_int_equal(c.window_end, 6 * 60);
         manager_config_done(&c);
 
         /* missing file: fine only when allowed */
