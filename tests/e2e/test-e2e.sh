@@ -11,7 +11,8 @@
 #   locked           the VM is started while its disk is being compacted: QEMU refuses the
 #                    locked disk, the compaction finishes, the image stays valid
 #   reclaim-request  `reclaimctl reclaim VM` on a running guest (serve mode) makes the daemon
-#                    ask the agent for a run over D-Bus; skipped until that verb exists
+#                    ask the agent for a run (over D-Bus, then the port); skipped when
+#                    reclaimctl has no 'reclaim' verb
 #
 # Each scenario checks `qemu-img check` (exit 0) and boots the guest once more to verify the
 # checksum of every file. Environment (set by meson): RECLAIMD, RECLAIMCTL, RECLAIM_AGENT. In
@@ -292,10 +293,10 @@ scenario_locked() {
         verify_image
 }
 
-# Needs reclaimd's D-Bus API (org.reclaim.Manager1 on the system bus) and the verb
-# `reclaimctl reclaim VM`: the guest runs `reclaim-agent serve` and waits; reclaimctl asks the
-# daemon over the bus, the daemon sends the agent a ReclaimRequest, the agent zero-fills and
-# reports; the guest then powers off and the daemon compacts.
+# Through reclaimd's D-Bus API (org.reclaim.Manager1 on the private system bus): the guest
+# runs `reclaim-agent serve` and waits; `reclaimctl reclaim VM` asks the daemon, which sends
+# the agent a ReclaimRequest; the agent zero-fills and reports (reclaimctl prints the result);
+# the guest then powers off and the daemon compacts.
 scenario_reclaim_request() {
         local t0 rc=0
         reclaimd_start
@@ -303,15 +304,27 @@ scenario_reclaim_request() {
         boot serve serve nodiscard e2e.serve_timeout=240
         e2e_wait_socket "$SOCK" "$E2E_QEMU_PID" || fail "QEMU does not serve $SOCK"
         wait_until "the guest agent says Hello" 3000 grep -q "$VM: guest agent connected" "$T/reclaimd.log"
-        "$RECLAIMCTL" --root "$T/root" --config-dir "$T/root/etc/reclaim" --state-dir "$STATE" \
-                reclaim "$VM" >"$T/reclaimctl.log" 2>&1 || rc=$?
+        log "guest agent (serve) connected after $(elapsed) s"
+        "$RECLAIMCTL" --root "$T/root" reclaim "$VM" --json >"$T/reclaim.json" 2>"$T/reclaimctl.log" ||
+                rc=$?
         ((rc == 0)) || fail "reclaimctl reclaim $VM: exit $rc: $(cat "$T/reclaimctl.log")"
+        log "reclaimctl reclaim: $(tr -d '\n ' <"$T/reclaim.json")"
+        python3 -c 'import json, sys
+o = json.load(open(sys.argv[1]))
+assert o["bytes"] > 0 and o["filesystems"] == 1, o' "$T/reclaim.json" ||
+                fail "reclaim result: $(cat "$T/reclaim.json")"
         wait_guest serve
         grep -q "Reclaim run done" "$T/console-serve.log" || fail "the agent did no run"
         wait_until "reclaimd compacts $VM" 3000 e2e_compacted "$STATE" "$VM" "$t0"
+        log "compaction done after $(elapsed) s"
+        "$RECLAIMCTL" --root "$T/root" --state-dir "$STATE" status "$VM" >"$T/status.log" 2>&1 ||
+                fail "reclaimctl status $VM: $(cat "$T/status.log")"
+        grep -q "compacted:" "$T/status.log" || fail "status shows no compaction: $(cat "$T/status.log")"
         reclaimd_stop
         sizes
         ((size_after < size_before)) || fail "the file did not shrink"
+        ((size_after <= (LIVE_MIB + RESERVE_MIB + 16) << 20)) ||
+                fail "the file is $(mib "$size_after"), not about the live data"
         verify_image
 }
 

@@ -278,13 +278,17 @@ e2e_console_agent_json() {
 }
 
 # e2e_dbus_start DIR: a private D-Bus "system" bus for the daemon and reclaimctl (reclaimd's
-# API is org.reclaim.Manager1 on the system bus), with a policy that lets the current user own
-# that name and call it. Exports DBUS_SYSTEM_BUS_ADDRESS; sets E2E_DBUS_PID.
+# API is org.reclaim.Manager1 on the system bus), with the system bus's default rules and
+# reclaimd's own policy (units/org.reclaim.Manager1.conf: root only); a user other than root
+# is allowed the name as well. Exports DBUS_SYSTEM_BUS_ADDRESS (reclaimd and reclaimctl use
+# it through sd_bus_open_system()); sets E2E_DBUS_PID.
 e2e_dbus_start() {
-        local dir=$1 user i
+        local dir=$1 user policy i
         user=$(id -un)
+        policy=$(cd "$E2E_LIB_DIR/../.." && pwd)/units/org.reclaim.Manager1.conf
         mkdir -p "$dir" || return 1
-        cat >"$dir/bus.conf" <<EOF
+        {
+                cat <<EOF
 <!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
@@ -304,12 +308,19 @@ e2e_dbus_start() {
     <allow receive_type="signal"/>
     <allow send_destination="org.freedesktop.DBus"/>
   </policy>
+EOF
+                [[ -f $policy ]] && echo "  <include>$policy</include>"
+                if ((EUID != 0)) || [[ ! -f $policy ]]; then
+                        cat <<EOF
   <policy user="$user">
     <allow own="org.reclaim.Manager1"/>
     <allow send_destination="org.reclaim.Manager1"/>
+    <allow receive_sender="org.reclaim.Manager1"/>
   </policy>
-</busconfig>
 EOF
+                fi
+                echo "</busconfig>"
+        } >"$dir/bus.conf"
         rm -f "$dir/system_bus_socket"
         dbus-daemon --config-file="$dir/bus.conf" --nofork --nopidfile >"$dir/dbus.log" 2>&1 &
         E2E_DBUS_PID=$!
