@@ -226,6 +226,8 @@ scenario_zerofill() {
         run_boot nodiscard
         agent_says 'd["method"] == "zero" and d["outcome"] == "ok" and d["bytes"] > 0' ||
                 fail "the agent did not zero-fill /data"
+        agent_says 'd["reserve_bytes"] > 0 and d["bytes"] <= d["free_bytes_before"] - d["reserve_bytes"]' ||
+                fail "the zero-fill went into the reserve"
         agent_says 'j["report_sent"]' || fail "the agent's report did not reach reclaimd"
         log "guest run and stop done after $(elapsed) s"
         wait_until "reclaimd compacts $VM" 3000 e2e_compacted "$STATE" "$VM" "$t0"
@@ -283,6 +285,7 @@ scenario_locked() {
                 fail "QEMU failed for another reason: $(tail -n 3 "$T/console-locked.log")"
         log "QEMU refused the disk (exit $rc): $(grep -m1 'lock' "$T/console-locked.log")"
         e2e_compacted "$STATE" "$VM" "$t0" && fail "compacted while it should be held"
+        e2e_pending "$STATE" "$VM" || fail "the disk is not pending while its compaction is held"
 
         touch "$hold/resume"
         wait_until "reclaimd compacts $VM" 3000 e2e_compacted "$STATE" "$VM" "$t0"

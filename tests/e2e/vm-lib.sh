@@ -104,10 +104,18 @@ e2e_requires() {
 # agent with the shared libraries it links and their loader (from ldd), agent.conf and
 # tests/e2e/guest-init as /init. Needs E2E_KMOD (e2e_kernel_fetch).
 e2e_initramfs() {
-        local out=$1 agent=$2 conf=${3:-} ir lib name path m
+        local ir rc=0
+        ir=$(mktemp -d "${TMPDIR:-/tmp}/e2e-ir.XXXXXX") || return 1
+        e2e_initramfs_fill "$ir" "$@" || rc=$?
+        rm -rf "$ir"
+        return $rc
+}
+
+# e2e_initramfs_fill DIR OUT AGENT [AGENT_CONF]: e2e_initramfs, with DIR as the scratch tree
+e2e_initramfs_fill() {
+        local ir=$1 out=$2 agent=$3 conf=${4:-} lib name path m
         local -A mod_path=() mod_seen=()
         local mod_order=()
-        ir=$(mktemp -d "${TMPDIR:-/tmp}/e2e-ir.XXXXXX") || return 1
         mkdir -p "$ir"/{bin,dev,proc,sys,tmp,lib/modules,etc/reclaim,usr/bin} || return 1
         cp "$(command -v busybox)" "$ir/bin/busybox" || return 1
 
@@ -138,10 +146,7 @@ e2e_initramfs() {
                 mod_order+=("$m")
         }
         for m in "${E2E_MODULES[@]}"; do
-                e2e_add_module "$m" || {
-                        rm -rf "$ir"
-                        return 1
-                }
+                e2e_add_module "$m" || return 1
         done
         printf '%s\n' "${mod_order[@]}" >"$ir/lib/modules/load.order"
 
@@ -158,11 +163,7 @@ e2e_initramfs() {
         echo 0123456789abcdef0123456789abcdef >"$ir/etc/machine-id"
         cp "$E2E_LIB_DIR/guest-init" "$ir/init" && chmod 755 "$ir/init" || return 1
 
-        (cd "$ir" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | gzip -1) >"$out" || {
-                rm -rf "$ir"
-                return 1
-        }
-        rm -rf "$ir"
+        (cd "$ir" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | gzip -1) >"$out"
 }
 
 # e2e_disk OUT SIZE_MIB LIVE_MIB JUNK_MIB SUMS: a qcow2 image (64 KiB clusters, no
@@ -171,9 +172,17 @@ e2e_initramfs() {
 # leaves behind. SUMS gets "sha256  PATH" lines for every file. The raw image is converted, so
 # only clusters holding something other than zeros are allocated.
 e2e_disk() {
-        local out=$1 size=$2 live=$3 junk=$4 sums=$5 seed raw i n
+        local seed rc=0
         seed=$(mktemp -d "${TMPDIR:-/tmp}/e2e-seed.XXXXXX") || return 1
-        raw=$seed.raw
+        e2e_disk_fill "$seed" "$@" || rc=$?
+        rm -rf "$seed"
+        return $rc
+}
+
+# e2e_disk_fill DIR OUT SIZE_MIB LIVE_MIB JUNK_MIB SUMS: e2e_disk, with DIR as scratch space
+e2e_disk_fill() {
+        local seed=$1 out=$2 size=$3 live=$4 junk=$5 sums=$6 raw i n
+        raw=$seed/disk.raw
         mkdir -p "$seed/data/docs" "$seed/data/db" || return 1
         # A few large files and many small ones, so the filesystem has some shape.
         n=$((live / 4))
@@ -196,8 +205,7 @@ e2e_disk() {
         rm -f "$seed/data/junk.bin"
         (cd "$seed/data" && find . -type f | LC_ALL=C sort | sed 's|^\./||' |
                 xargs -d '\n' sha256sum) >"$sums" || return 1
-        qemu-img convert -f raw -O qcow2 -o cluster_size=65536 "$raw" "$out" || return 1
-        rm -rf "$seed" "$raw"
+        qemu-img convert -f raw -O qcow2 -o cluster_size=65536 "$raw" "$out"
 }
 
 # e2e_qemu_start NAME IMAGE SOCKET CONSOLE MODE DISK [KERNEL_ARGS...]: boots the guest in
