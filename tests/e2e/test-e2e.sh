@@ -226,7 +226,8 @@ scenario_zerofill() {
         run_boot nodiscard
         agent_says 'd["method"] == "zero" and d["outcome"] == "ok" and d["bytes"] > 0' ||
                 fail "the agent did not zero-fill /data"
-        agent_says 'd["reserve_bytes"] > 0 and d["bytes"] <= d["free_bytes_before"] - d["reserve_bytes"]' ||
+        agent_says '(d["reserve_bytes"] > 0 and
+                     d["bytes"] <= d["free_bytes_before"] - d["reserve_bytes"])' ||
                 fail "the zero-fill went into the reserve"
         agent_says 'j["report_sent"]' || fail "the agent's report did not reach reclaimd"
         log "guest run and stop done after $(elapsed) s"
@@ -306,7 +307,8 @@ scenario_reclaim_request() {
         t0=$(e2e_now_us)
         boot serve serve nodiscard e2e.serve_timeout=240
         e2e_wait_socket "$SOCK" "$E2E_QEMU_PID" || fail "QEMU does not serve $SOCK"
-        wait_until "the guest agent says Hello" 3000 grep -q "$VM: guest agent connected" "$T/reclaimd.log"
+        wait_until "the guest agent says Hello" 3000 \
+                grep -q "$VM: guest agent connected" "$T/reclaimd.log"
         log "guest agent (serve) connected after $(elapsed) s"
         "$RECLAIMCTL" --root "$T/root" reclaim "$VM" --json >"$T/reclaim.json" 2>"$T/reclaimctl.log" ||
                 rc=$?
@@ -322,7 +324,8 @@ assert o["bytes"] > 0 and o["filesystems"] == 1, o' "$T/reclaim.json" ||
         log "compaction done after $(elapsed) s"
         "$RECLAIMCTL" --root "$T/root" --state-dir "$STATE" status "$VM" >"$T/status.log" 2>&1 ||
                 fail "reclaimctl status $VM: $(cat "$T/status.log")"
-        grep -q "compacted:" "$T/status.log" || fail "status shows no compaction: $(cat "$T/status.log")"
+        grep -q "compacted:" "$T/status.log" ||
+                fail "status shows no compaction: $(cat "$T/status.log")"
         reclaimd_stop
         sizes
         ((size_after < size_before)) || fail "the file did not shrink"

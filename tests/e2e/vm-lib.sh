@@ -140,7 +140,9 @@ e2e_initramfs_fill() {
                 *.ko.zst) zstd -qdc "$p" >"$ir/lib/modules/$m.ko" ;;
                 *) cp "$p" "$ir/lib/modules/$m.ko" ;;
                 esac || return 1
-                for dep in $(tr '\0' '\n' <"$ir/lib/modules/$m.ko" | sed -n 's/^depends=//p' | tr ',' ' '); do
+                # .modinfo holds NUL-separated key=value strings; "depends=a,b"
+                for dep in $(tr '\0' '\n' <"$ir/lib/modules/$m.ko" | sed -n 's/^depends=//p' |
+                        tr ',' ' '); do
                         e2e_add_module "$dep" || return 1
                 done
                 mod_order+=("$m")
