@@ -128,6 +128,7 @@ typedef struct Vm {
         char *channel_path;
         RegistryMinGain min_gain; /* the VM's own, or UNSET */
         bool auto_compact;        /* false: only an admin's Compact touches its disks */
+        bool state_dirty;         /* the state file must be (re)written */
         VmDisk *disks;
         size_t n_disks;
         GuestChannel *channel;
@@ -323,7 +324,8 @@ bool vm_disk_worth_compacting(const Vm *vm, const VmDisk *d);
 /*
  * Reads STATE_DIR/vms/NAME.json into vm's disks (matched by path). A missing file leaves the
  * defaults; a damaged one is logged and rewritten from the defaults. Never fails for what a
- * file contains; returns 0 or -ENOMEM.
+ * file contains; returns 0, 1 when the file should be written (missing, or its disks are not
+ * the VM's any more), or -ENOMEM.
  */
 int vm_state_load(Vm *vm);
 

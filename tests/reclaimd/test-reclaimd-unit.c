@@ -160,6 +160,18 @@ static void test_state_round_trip(void **state) {
         assert_string_equal(disks[1].refused, "encrypted");
         assert_int_equal(vm.last_report_bytes, 789);
         free(disks[1].refused);
+
+        /* one disk fewer in the configuration: the file wants rewriting (1), figures kept */
+        vm_setup(&m, &vm, disks);
+        vm.n_disks = 1;
+        assert_int_equal(vm_state_load(&vm), 1);
+        assert_true(disks[0].pending);
+        /* no file at all: 1 as well */
+        static char none[] = "vm-none";
+        vm_setup(&m, &vm, disks);
+        vm.name = none;
+        assert_int_equal(vm_state_load(&vm), 1);
+        assert_false(disks[0].pending);
 }
 
 static void test_state_damaged(void **state) {
