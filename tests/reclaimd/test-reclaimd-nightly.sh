@@ -5,6 +5,7 @@
 #   - `reclaimctl compact --all` (what reclaim-compact.service runs) queues through reclaimd
 #     the disks passing min_gain, biggest expected gain first, and skips VMs with
 #     auto_compact = no and disks below the threshold;
+#   - a restart of reclaimd keeps the reported figures and pending disks;
 #   - a SIGHUP re-reads reclaimd.conf: with the window open, the pending disk is compacted.
 # shellcheck source=tests/reclaimd/functions.sh
 source "$(dirname "$0")/functions.sh"
@@ -37,6 +38,15 @@ for v in vm-201 vm-202 vm-203 vm-204; do
         cmp -s "$(img_of $v)" "$T/$v.orig" || fail "$v was touched outside the window"
 done
 grep -q "compacting" "$T/reclaimd.log" && fail "a compaction started outside the window"
+
+# --- a restart keeps what the guests reported (the fake guests are gone: no new reports)
+daemon_stop
+daemon_start
+wait_for "reclaimd on the bus again" on_bus
+"$RECLAIMCTL" --root "$T/root" status vm-201 --json >"$T/st201.json" || fail "status vm-201"
+python3 -c 'import json,sys; o=json.load(open(sys.argv[1])); d=o["disks"][0]
+assert o["daemon"] and d["pending"] and d["expected_gain"]==64<<20 and o["last_report"]["bytes"]==64<<20, o' \
+        "$T/st201.json" || fail "state lost over a restart: $(cat "$T/st201.json")"
 
 # --- the nightly run through the daemon: vm-201 (64M) then vm-204 (32M)
 "$RECLAIMCTL" --root "$T/root" compact --all --json >"$T/all.json" 2>"$T/all.err" ||
