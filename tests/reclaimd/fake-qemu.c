@@ -35,23 +35,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "fake-fail.h"
 #include "macro.h"
 #include "rpc-frame.h"
 #include "rpc-message.h"
-
-static _noreturn_ void fail(const char *fmt, ...) _printf_(1, 2);
-
-static _noreturn_ void fail(const char *fmt, ...) {
-        va_list ap;
-
-        fputs("FAIL: ", stdout);
-        va_start(ap, fmt);
-        vprintf(fmt, ap);
-        va_end(ap);
-        fputc('\n', stdout);
-        fflush(stdout);
-        exit(1);
-}
 
 static int listen_on(const char *path) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
