@@ -609,33 +609,14 @@ static void print_help_status_vm(FILE *f) {
 }
 
 int verb_status_vm(int argc, char *argv[]) {
-        static const struct option options[] = {
-                { "json", no_argument, NULL, 'j' },
-                { "help", no_argument, NULL, 'h' },
-                {},
-        };
         _cleanup_(vm_status_done) VmStatus s = {};
         bool json = false;
         const char *name;
-        int c, r;
+        int r;
 
-        optind = 0;
-        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
-                switch (c) {
-                case 'j':
-                        json = true;
-                        break;
-                case 'h':
-                        print_help_status_vm(stdout);
-                        return EXIT_OK;
-                default:
-                        print_help_status_vm(stderr);
-                        return EXIT_USAGE;
-                }
-        if (argc - optind != 1) {
-                print_help_status_vm(stderr);
-                return EXIT_USAGE;
-        }
+        r = parse_json_only(argc, argv, 1, print_help_status_vm, &json);
+        if (r >= 0)
+                return r;
         name = argv[optind];
         r = vm_status_from_bus(name, &s);
         if (r == -ESRCH)
@@ -729,11 +710,6 @@ static void print_help_jobs(FILE *f) {
 }
 
 int verb_jobs(int argc, char *argv[]) {
-        static const struct option options[] = {
-                { "json", no_argument, NULL, 'j' },
-                { "help", no_argument, NULL, 'h' },
-                {},
-        };
         _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
@@ -741,25 +717,11 @@ int verb_jobs(int argc, char *argv[]) {
         json_object *arr = NULL;
         bool json = false;
         size_t n = 0;
-        int c, r;
+        int r;
 
-        optind = 0;
-        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
-                switch (c) {
-                case 'j':
-                        json = true;
-                        break;
-                case 'h':
-                        print_help_jobs(stdout);
-                        return EXIT_OK;
-                default:
-                        print_help_jobs(stderr);
-                        return EXIT_USAGE;
-                }
-        if (argc - optind != 0) {
-                print_help_jobs(stderr);
-                return EXIT_USAGE;
-        }
+        r = parse_json_only(argc, argv, 0, print_help_jobs, &json);
+        if (r >= 0)
+                return r;
         if (bus_open_or_fail(&bus) < 0)
                 return EXIT_ERROR;
         r = sd_bus_call_method(

@@ -659,6 +659,36 @@ static int verb_compact(int argc, char *argv[]) {
 
 /* ---- list ---- */
 
+int parse_json_only(int argc, char *argv[], int nargs, void (*help)(FILE *f), bool *json) {
+        static const struct option options[] = {
+                { "json", no_argument, NULL, 'j' },
+                { "help", no_argument, NULL, 'h' },
+                {},
+        };
+        int c;
+
+        optind = 0;
+        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
+                switch (c) {
+                case 'j':
+                        *json = true;
+                        break;
+                case 'h':
+                        help(stdout);
+                        return EXIT_OK;
+                default:
+                        help(stderr);
+                        return EXIT_USAGE;
+                }
+        if (argc - optind != nargs) {
+                if (argc - optind > nargs)
+                        log_error("Unexpected argument: %s", argv[optind + nargs]);
+                help(stderr);
+                return EXIT_USAGE;
+        }
+        return -1;
+}
+
 static void print_help_list(FILE *f) {
         fprintf(f, "Usage: reclaimctl list [--json]\n");
 }
@@ -785,35 +815,15 @@ static void list_vm_text(const RegistryVm *vm) {
 }
 
 static int verb_list(int argc, char *argv[]) {
-        static const struct option options[] = {
-                { "json", no_argument, NULL, 'j' },
-                { "help", no_argument, NULL, 'h' },
-                {},
-        };
         _cleanup_(registry_freep) Registry *reg = NULL;
         _cleanup_free_ char *where = NULL;
         const RegistryVm *vm;
         bool json = false;
-        int c;
+        int r;
 
-        optind = 0;
-        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
-                switch (c) {
-                case 'j':
-                        json = true;
-                        break;
-                case 'h':
-                        print_help_list(stdout);
-                        return EXIT_OK;
-                default:
-                        print_help_list(stderr);
-                        return EXIT_USAGE;
-                }
-        if (argc - optind != 0) {
-                log_error("Unexpected argument: %s", argv[optind]);
-                print_help_list(stderr);
-                return EXIT_USAGE;
-        }
+        r = parse_json_only(argc, argv, 0, print_help_list, &json);
+        if (r >= 0)
+                return r;
         if (load_registry(&reg, &where) < 0)
                 return EXIT_ERROR;
 

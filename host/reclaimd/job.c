@@ -392,6 +392,12 @@ static Job *job_new(Manager *m, const Vm *vm, const VmDisk *d, JobOrigin origin,
  * (logged; j stays queued). */
 static int job_start(Manager *m, Job *j, dev_t dev) {
         _cleanup_close_ int pipe_r = -1, pipe_w = -1, prog_r = -1, prog_w = -1;
+        char a_compact[] = "compact", a_image[] = "--image", a_json[] = "--json",
+             a_progress[] = "--progress-fd=3", a_force[] = "--force";
+        char *argv[] = {
+                m->config.reclaimctl,      a_compact, a_image, j->image, a_json, a_progress,
+                j->force ? a_force : NULL, NULL
+        };
         int fds[2], r;
         pid_t pid;
 
@@ -418,25 +424,7 @@ static int job_start(Manager *m, Job *j, dev_t dev) {
                 if (null_fd < 0 || dup2(prog_w, 3) < 0 || dup2(null_fd, STDIN_FILENO) < 0 ||
                     dup2(pipe_w, STDOUT_FILENO) < 0)
                         _exit(127);
-                if (j->force)
-                        execl(m->config.reclaimctl,
-                              m->config.reclaimctl,
-                              "compact",
-                              "--image",
-                              j->image,
-                              "--json",
-                              "--progress-fd=3",
-                              "--force",
-                              (char *) NULL);
-                else
-                        execl(m->config.reclaimctl,
-                              m->config.reclaimctl,
-                              "compact",
-                              "--image",
-                              j->image,
-                              "--json",
-                              "--progress-fd=3",
-                              (char *) NULL);
+                execv(m->config.reclaimctl, argv);
                 _exit(127);
         }
         j->pid = pid;
