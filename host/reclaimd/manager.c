@@ -133,9 +133,12 @@ static int vm_new(Manager *m, const RegistryVm *rvm, Vm **ret) {
         vm->min_gain = rvm->min_gain;
         vm->auto_compact = rvm->auto_compact != 0; /* unset: yes */
         vm->name = strdup(rvm->name);
-        vm->channel_path = rvm->channel ? strdup(rvm->channel) : NULL;
+        if (rvm->channel)
+                vm->channel_path = strdup(rvm->channel);
+        else if (asprintf(&vm->channel_path, "%s/%s.sock", m->config.socket_dir, rvm->name) < 0)
+                vm->channel_path = NULL; /* the conventional place: QEMU serves it there */
         vm->disks = calloc(MAX(rvm->n_disks, (size_t) 1), sizeof(VmDisk));
-        if (!vm->name || (rvm->channel && !vm->channel_path) || !vm->disks) {
+        if (!vm->name || !vm->channel_path || !vm->disks) {
                 vm_free(vm);
                 return -ENOMEM;
         }

@@ -52,8 +52,12 @@ typedef struct Manager Manager;
 typedef struct GuestChannel GuestChannel;
 typedef struct Job Job;
 
+/* A VM whose configuration names no channel uses SOCKET_DIR/NAME.sock. */
+#define DEFAULT_SOCKET_DIR "/run/reclaim"
+
 typedef struct ManagerConfig {
         char *state_dir;
+        char *socket_dir;
         char *reclaimctl;
         unsigned max_concurrent;
         uint64_t job_timeout_sec;
