@@ -189,7 +189,7 @@ static int on_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error *err
 
 /* The exit status a finished job maps to. */
 static int job_exit_status(const FollowedJob *j) {
-        if (strcmp(j->result, "done") == 0)
+        if (strcmp(j->result, "done") == 0 || strcmp(j->result, "window-closed") == 0)
                 return EXIT_OK;
         if (strcmp(j->result, "in-use") == 0)
                 return EXIT_IN_USE;
@@ -212,7 +212,7 @@ static void job_report(const FollowedJob *j, json_object *disks) {
             json_object_is_type(v, json_type_string))
                 error = json_object_get_string(v);
         if (disks) {
-                if (!o || job_exit_status(j) != EXIT_OK) {
+                if (!o || strcmp(j->result, "done") != 0) {
                         json_object *e = json_object_new_object();
 
                         json_object_object_add(e, "image", json_object_new_string(j->image));
@@ -239,7 +239,10 @@ static void job_report(const FollowedJob *j, json_object *disks) {
                 before = (uint64_t) json_object_get_int64(v);
         if (o && json_object_object_get_ex(o, "file_size_after", &v))
                 after = (uint64_t) json_object_get_int64(v);
-        if (o && json_object_object_get_ex(o, "skipped", &v) && v)
+        if (strcmp(j->result, "window-closed") == 0)
+                printf("%s: not started before the nightly window closed; it stays for the next night\n",
+                       j->image);
+        else if (o && json_object_object_get_ex(o, "skipped", &v) && v)
                 printf("%s: skipped: %s (use --force to compact it anyway)\n",
                        j->image,
                        json_object_get_string(v));
@@ -292,6 +295,7 @@ static int bus_compact(const char *name, const CompactRequest *req) {
                 r = sd_bus_message_append(call, "s", name);
         if (r >= 0)
                 r = req->opts.force ? sd_bus_message_append(call, "a{sv}", 1, "force", "b", 1) :
+                        req->now    ? sd_bus_message_append(call, "a{sv}", 1, "now", "b", 1) :
                                       sd_bus_message_append(call, "a{sv}", 0);
         if (r < 0) {
                 log_error_errno(r, "Cannot build the request: %m");

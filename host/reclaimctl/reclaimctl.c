@@ -277,7 +277,7 @@ static void print_help_compact(FILE *f) {
         fprintf(f,
                 "Usage: reclaimctl compact --image IMAGE [--dry-run] [--force] [--json]\n"
                 "       reclaimctl compact VM [--dry-run] [--force] [--json]\n"
-                "       reclaimctl compact --all [--json]\n");
+                "       reclaimctl compact --all [--now] [--json]\n");
 }
 
 /* ---- the VM registry ---- */
@@ -555,6 +555,7 @@ static int verb_compact(int argc, char *argv[]) {
                 { "batch-size", required_argument, NULL, 'b' },
                 { "progress-fd", required_argument, NULL, 'p' },
                 { "all", no_argument, NULL, 'a' },
+                { "now", no_argument, NULL, 'N' },
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
@@ -577,6 +578,9 @@ static int verb_compact(int argc, char *argv[]) {
                         break;
                 case 'a':
                         all = true;
+                        break;
+                case 'N':
+                        req.now = true;
                         break;
                 case 'j':
                         req.json = true;
@@ -613,6 +617,10 @@ static int verb_compact(int argc, char *argv[]) {
                         print_help_compact(stderr);
                         return EXIT_USAGE;
                 }
+        if (req.now && !all) {
+                log_error("--now goes with --all.");
+                return EXIT_USAGE;
+        }
         if (all) {
                 if (image || argc - optind != 0 || req.opts.dry_run || req.opts.force) {
                         log_error("--all takes no VM, --image, --dry-run or --force.");

@@ -32,6 +32,7 @@ typedef struct CompactRequest {
         Qcow2CompactOptions opts; /* dry_run, force, batch_bytes */
         bool json;
         int progress_fd; /* -1: none */
+        bool now;        /* compact --all --now: outside reclaimd's nightly window too */
 } CompactRequest;
 
 void json_add_u64(json_object *o, const char *key, uint64_t v);

@@ -581,7 +581,7 @@ static int collect_candidates(Manager *m, bool all, Candidate **ret) {
         return (int) MIN(n, (size_t) INT32_MAX);
 }
 
-int manager_enqueue_all(Manager *m, uint32_t **ret_ids) {
+int manager_enqueue_all(Manager *m, bool window, uint32_t **ret_ids) {
         _cleanup_free_ Candidate *c = NULL;
         _cleanup_free_ uint32_t *ids = NULL;
         int n, queued = 0, r;
@@ -600,6 +600,8 @@ int manager_enqueue_all(Manager *m, uint32_t **ret_ids) {
                         break;
                 if (r < 0)
                         return r;
+                if (j->state == JOB_QUEUED && j->origin == JOB_SCHEDULED)
+                        j->window = window;
                 ids[queued++] = j->id;
         }
         log_info("Nightly run: %d disk(s) queued.", queued);
@@ -648,6 +650,15 @@ static bool schedule_queued(Manager *m, Job *j, bool *waiting) {
 
         if (!vm || !d) {
                 job_drop(m, j, "failed", -1); /* the VM or disk left the configuration */
+                return true;
+        }
+        if (j->window && !manager_in_window(m)) {
+                log_info(
+                        "%s: job %" PRIu32 " on %s did not start before the window closed.",
+                        vm->name,
+                        j->id,
+                        j->image);
+                job_drop(m, j, "window-closed", -1);
                 return true;
         }
         if (guest_channel_is_connected(vm->channel)) {
@@ -709,9 +720,10 @@ int manager_schedule(Manager *m) {
                 next = j->next;
                 if (j->state != JOB_QUEUED)
                         continue;
-                if (m->n_jobs >= m->config.max_concurrent) {
+                if (m->n_jobs >= m->config.max_concurrent &&
+                    !(j->window && !manager_in_window(m))) {
                         waiting = true;
-                        break;
+                        continue; /* later ones may still have to be dropped (window closed) */
                 }
                 (void) schedule_queued(m, j, &waiting);
         }

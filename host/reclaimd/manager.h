@@ -103,7 +103,8 @@ struct Job {
         uint32_t id;
         JobState state;
         JobOrigin origin;
-        bool force; /* --force: compact a preallocated image too */
+        bool force;  /* --force: compact a preallocated image too */
+        bool window; /* must start inside the nightly window: dropped when it has closed */
         char *vm_name;
         char *image;
         uint64_t expected_gain;
@@ -309,9 +310,11 @@ int manager_enqueue(Manager *m, Vm *vm, VmDisk *d, JobOrigin origin, bool force,
 
 /*
  * Queues every disk of a stopped VM whose expected gain passes its threshold, biggest gain
- * first (the nightly run). Returns the number queued, or -errno.
+ * first (the nightly run). With window, a job that has not started when the nightly window
+ * closes is dropped ("window-closed"; the disk keeps its state for the next night). Returns
+ * the number queued, or -errno.
  */
-int manager_enqueue_all(Manager *m, uint32_t **ret_ids);
+int manager_enqueue_all(Manager *m, bool window, uint32_t **ret_ids);
 
 /* Cancels a job: a queued one is dropped, a running one killed (the engine is crash-safe).
  * The disk is no longer pending. Returns 0 or -ENOENT. */
