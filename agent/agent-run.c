@@ -450,7 +450,7 @@ static int run_one(RunState *s, const AgentRunTarget *t, AgentFsResult *res) {
         }
 }
 
-static void log_result(const AgentFsResult *res) {
+static void log_result(const AgentFsResult *res, bool dry_run) {
         char b[FORMAT_BYTES_MAX];
         const char *why = res->reason ?: "";
 
@@ -465,8 +465,9 @@ static void log_result(const AgentFsResult *res) {
                 log_info(
                         "%s: %s %s in %" PRIu64 " ms: %s%s%s",
                         res->mount_point,
-                        res->method == AGENT_METHOD_TRIM         ? "trimmed" :
-                                res->method == AGENT_METHOD_ZERO ? "zero-filled" :
+                        res->method == AGENT_METHOD_TRIM ? (dry_run ? "would trim" : "trimmed") :
+                                res->method == AGENT_METHOD_ZERO ? (dry_run ? "would zero-fill" :
+                                                                              "zero-filled") :
                                                                    "skipped",
                         format_bytes(b, sizeof(b), res->bytes),
                         res->duration_ms,
@@ -512,7 +513,7 @@ int agent_run(const AgentRunTargets *targets, const AgentRunOptions *o, AgentRun
                 if (r < 0)
                         return r;
                 res->duration_ms = (agent_now_ns() - t1) / NSEC_PER_MSEC;
-                log_result(res);
+                log_result(res, o->dry_run);
         }
         rep->duration_ms = (agent_now_ns() - t0) / NSEC_PER_MSEC;
         *ret = TAKE_PTR(rep);

@@ -189,7 +189,7 @@ static int on_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error *err
 
 /* The exit status a finished job maps to. */
 static int job_exit_status(const FollowedJob *j) {
-        if (strcmp(j->result, "done") == 0)
+        if (strcmp(j->result, "done") == 0 || strcmp(j->result, "window-closed") == 0)
                 return EXIT_OK;
         if (strcmp(j->result, "in-use") == 0)
                 return EXIT_IN_USE;
@@ -212,7 +212,7 @@ static void job_report(const FollowedJob *j, json_object *disks) {
             json_object_is_type(v, json_type_string))
                 error = json_object_get_string(v);
         if (disks) {
-                if (!o || job_exit_status(j) != EXIT_OK) {
+                if (!o || strcmp(j->result, "done") != 0) {
                         json_object *e = json_object_new_object();
 
                         json_object_object_add(e, "image", json_object_new_string(j->image));
@@ -239,7 +239,10 @@ static void job_report(const FollowedJob *j, json_object *disks) {
                 before = (uint64_t) json_object_get_int64(v);
         if (o && json_object_object_get_ex(o, "file_size_after", &v))
                 after = (uint64_t) json_object_get_int64(v);
-        if (o && json_object_object_get_ex(o, "skipped", &v) && v)
+        if (strcmp(j->result, "window-closed") == 0)
+                printf("%s: not started before the nightly window closed; it stays for the next night\n",
+                       j->image);
+        else if (o && json_object_object_get_ex(o, "skipped", &v) && v)
                 printf("%s: skipped: %s (use --force to compact it anyway)\n",
                        j->image,
                        json_object_get_string(v));
@@ -292,6 +295,7 @@ static int bus_compact(const char *name, const CompactRequest *req) {
                 r = sd_bus_message_append(call, "s", name);
         if (r >= 0)
                 r = req->opts.force ? sd_bus_message_append(call, "a{sv}", 1, "force", "b", 1) :
+                        req->now    ? sd_bus_message_append(call, "a{sv}", 1, "now", "b", 1) :
                                       sd_bus_message_append(call, "a{sv}", 0);
         if (r < 0) {
                 log_error_errno(r, "Cannot build the request: %m");
@@ -609,33 +613,14 @@ static void print_help_status_vm(FILE *f) {
 }
 
 int verb_status_vm(int argc, char *argv[]) {
-        static const struct option options[] = {
-                { "json", no_argument, NULL, 'j' },
-                { "help", no_argument, NULL, 'h' },
-                {},
-        };
         _cleanup_(vm_status_done) VmStatus s = {};
         bool json = false;
         const char *name;
-        int c, r;
+        int r;
 
-        optind = 0;
-        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
-                switch (c) {
-                case 'j':
-                        json = true;
-                        break;
-                case 'h':
-                        print_help_status_vm(stdout);
-                        return EXIT_OK;
-                default:
-                        print_help_status_vm(stderr);
-                        return EXIT_USAGE;
-                }
-        if (argc - optind != 1) {
-                print_help_status_vm(stderr);
-                return EXIT_USAGE;
-        }
+        r = parse_json_only(argc, argv, 1, print_help_status_vm, &json);
+        if (r >= 0)
+                return r;
         name = argv[optind];
         r = vm_status_from_bus(name, &s);
         if (r == -ESRCH)
@@ -729,11 +714,6 @@ static void print_help_jobs(FILE *f) {
 }
 
 int verb_jobs(int argc, char *argv[]) {
-        static const struct option options[] = {
-                { "json", no_argument, NULL, 'j' },
-                { "help", no_argument, NULL, 'h' },
-                {},
-        };
         _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
@@ -741,25 +721,11 @@ int verb_jobs(int argc, char *argv[]) {
         json_object *arr = NULL;
         bool json = false;
         size_t n = 0;
-        int c, r;
+        int r;
 
-        optind = 0;
-        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
-                switch (c) {
-                case 'j':
-                        json = true;
-                        break;
-                case 'h':
-                        print_help_jobs(stdout);
-                        return EXIT_OK;
-                default:
-                        print_help_jobs(stderr);
-                        return EXIT_USAGE;
-                }
-        if (argc - optind != 0) {
-                print_help_jobs(stderr);
-                return EXIT_USAGE;
-        }
+        r = parse_json_only(argc, argv, 0, print_help_jobs, &json);
+        if (r >= 0)
+                return r;
         if (bus_open_or_fail(&bus) < 0)
                 return EXIT_ERROR;
         r = sd_bus_call_method(

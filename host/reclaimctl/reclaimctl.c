@@ -277,7 +277,7 @@ static void print_help_compact(FILE *f) {
         fprintf(f,
                 "Usage: reclaimctl compact --image IMAGE [--dry-run] [--force] [--json]\n"
                 "       reclaimctl compact VM [--dry-run] [--force] [--json]\n"
-                "       reclaimctl compact --all [--json]\n");
+                "       reclaimctl compact --all [--now] [--json]\n");
 }
 
 /* ---- the VM registry ---- */
@@ -555,6 +555,7 @@ static int verb_compact(int argc, char *argv[]) {
                 { "batch-size", required_argument, NULL, 'b' },
                 { "progress-fd", required_argument, NULL, 'p' },
                 { "all", no_argument, NULL, 'a' },
+                { "now", no_argument, NULL, 'N' },
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
@@ -577,6 +578,9 @@ static int verb_compact(int argc, char *argv[]) {
                         break;
                 case 'a':
                         all = true;
+                        break;
+                case 'N':
+                        req.now = true;
                         break;
                 case 'j':
                         req.json = true;
@@ -613,6 +617,10 @@ static int verb_compact(int argc, char *argv[]) {
                         print_help_compact(stderr);
                         return EXIT_USAGE;
                 }
+        if (req.now && !all) {
+                log_error("--now goes with --all.");
+                return EXIT_USAGE;
+        }
         if (all) {
                 if (image || argc - optind != 0 || req.opts.dry_run || req.opts.force) {
                         log_error("--all takes no VM, --image, --dry-run or --force.");
@@ -658,6 +666,36 @@ static int verb_compact(int argc, char *argv[]) {
 }
 
 /* ---- list ---- */
+
+int parse_json_only(int argc, char *argv[], int nargs, void (*help)(FILE *f), bool *json) {
+        static const struct option options[] = {
+                { "json", no_argument, NULL, 'j' },
+                { "help", no_argument, NULL, 'h' },
+                {},
+        };
+        int c;
+
+        optind = 0;
+        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
+                switch (c) {
+                case 'j':
+                        *json = true;
+                        break;
+                case 'h':
+                        help(stdout);
+                        return EXIT_OK;
+                default:
+                        help(stderr);
+                        return EXIT_USAGE;
+                }
+        if (argc - optind != nargs) {
+                if (argc - optind > nargs)
+                        log_error("Unexpected argument: %s", argv[optind + nargs]);
+                help(stderr);
+                return EXIT_USAGE;
+        }
+        return -1;
+}
 
 static void print_help_list(FILE *f) {
         fprintf(f, "Usage: reclaimctl list [--json]\n");
@@ -785,35 +823,15 @@ static void list_vm_text(const RegistryVm *vm) {
 }
 
 static int verb_list(int argc, char *argv[]) {
-        static const struct option options[] = {
-                { "json", no_argument, NULL, 'j' },
-                { "help", no_argument, NULL, 'h' },
-                {},
-        };
         _cleanup_(registry_freep) Registry *reg = NULL;
         _cleanup_free_ char *where = NULL;
         const RegistryVm *vm;
         bool json = false;
-        int c;
+        int r;
 
-        optind = 0;
-        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
-                switch (c) {
-                case 'j':
-                        json = true;
-                        break;
-                case 'h':
-                        print_help_list(stdout);
-                        return EXIT_OK;
-                default:
-                        print_help_list(stderr);
-                        return EXIT_USAGE;
-                }
-        if (argc - optind != 0) {
-                log_error("Unexpected argument: %s", argv[optind]);
-                print_help_list(stderr);
-                return EXIT_USAGE;
-        }
+        r = parse_json_only(argc, argv, 0, print_help_list, &json);
+        if (r >= 0)
+                return r;
         if (load_registry(&reg, &where) < 0)
                 return EXIT_ERROR;
 

@@ -6,6 +6,7 @@
 #include <json-c/json.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "macro.h"
 #include "qcow2.h"
@@ -31,6 +32,7 @@ typedef struct CompactRequest {
         Qcow2CompactOptions opts; /* dry_run, force, batch_bytes */
         bool json;
         int progress_fd; /* -1: none */
+        bool now;        /* compact --all --now: outside reclaimd's nightly window too */
 } CompactRequest;
 
 void json_add_u64(json_object *o, const char *key, uint64_t v);
@@ -45,6 +47,13 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(json_object *, json_object_put_null);
 /* Loads the VM registry from the configured roots; *ret_where (may be NULL) gets the
  * directories searched, for messages. Returns 0 or -errno (logged). */
 int load_registry(Registry **ret, char **ret_where);
+
+/*
+ * Parses the options of a verb that takes only --json and -h; nargs: the positional arguments
+ * it needs. Returns -1 to go on (then argv[optind] is the first argument), or an exit status
+ * (help printed: EXIT_OK; bad usage: EXIT_USAGE).
+ */
+int parse_json_only(int argc, char *argv[], int nargs, void (*help)(FILE *f), bool *json);
 
 /* The rank of an exit status when several disks report: error > refused > in use > done. */
 int exit_status_rank(int status);

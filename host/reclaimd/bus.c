@@ -14,7 +14,8 @@
  *                                         refusal ("" none), job id (0 none)
  *   Compact(s name, a{sv} options) -> au  queue every disk of a stopped VM (options: force b)
  *   CompactAll(a{sv} options) -> au      the nightly run: disks of stopped VMs passing their
- *                                         threshold, biggest gain first
+ *                                         threshold, biggest gain first, inside the window
+ *                                         (options: now b, to run outside it)
  *   Reclaim(s name, a{sv} options) -> t  ask the guest agent to reclaim now (options: mode s
  *                                         "auto"|"trim"|"zero", rate t, reserve t,
  *                                         reserve_percent u); returns the request's seq
@@ -23,8 +24,8 @@
  *   Reload()
  * Properties: Version s, NVMs u, NConnected u, NPendingDisks u, NRunningJobs u, NQueuedJobs u
  * Signals: JobNew(u s s), JobProgress(u s t t), JobRemoved(u s s s i t s) (id, vm, image,
- *   result "done"|"in-use"|"refused"|"failed"|"timeout"|"cancelled", exit status, bytes
- *   reclaimed, the helper's JSON), GuestReport(s t u), GuestProgress(s s t t).
+ *   result "done"|"in-use"|"refused"|"failed"|"timeout"|"cancelled"|"window-closed", exit status,
+ * bytes reclaimed, the helper's JSON), GuestReport(s t u), GuestProgress(s s t t).
  *
  * Strings from guests never reach the bus except a Progress mount point, which is checked
  * to be UTF-8 and bounded first.
@@ -45,6 +46,7 @@
 #define ERROR_IN_USE BUS_INTERFACE ".Error.InUse"
 #define ERROR_NOT_CONNECTED BUS_INTERFACE ".Error.NotConnected"
 #define ERROR_QUEUE_FULL BUS_INTERFACE ".Error.QueueFull"
+#define ERROR_OUTSIDE_WINDOW BUS_INTERFACE ".Error.OutsideWindow"
 
 /* The longest guest string (a mount point) we put into a signal. */
 #define GUEST_STRING_MAX 4096u
@@ -205,7 +207,7 @@ static int method_get_vm(sd_bus_message *msg, void *userdata, sd_bus_error *erro
 }
 
 typedef struct Options {
-        bool force;
+        bool force, now;
         const char *mode;
         uint64_t rate, reserve;
         uint32_t reserve_percent;
@@ -229,10 +231,10 @@ static int read_options(sd_bus_message *msg, const char *allowed, Options *o, sd
                 if (strlen(key) > 20 || !strstr(allowed, want))
                         return sd_bus_error_setf(
                                 error, SD_BUS_ERROR_INVALID_ARGS, "Unknown option '%s'.", key);
-                if (strcmp(key, "force") == 0) {
-                        int b;
+                if (strcmp(key, "force") == 0 || strcmp(key, "now") == 0) {
+                        int b = 0;
                         r = sd_bus_message_read(msg, "v", "b", &b);
-                        o->force = b;
+                        *(key[0] == 'f' ? &o->force : &o->now) = b;
                 } else if (strcmp(key, "mode") == 0)
                         r = sd_bus_message_read(msg, "v", "s", &o->mode);
                 else if (strcmp(key, "rate") == 0)
@@ -333,10 +335,19 @@ static int method_compact_all(sd_bus_message *msg, void *userdata, sd_bus_error 
         r = check_caller(msg, error);
         if (r != 0)
                 return r;
-        r = read_options(msg, " ", &o, error);
+        r = read_options(msg, " now ", &o, error);
         if (r < 0)
                 return r;
-        n = manager_enqueue_all(m, &ids);
+        if (!o.now && !manager_in_window(m))
+                return sd_bus_error_setf(
+                        error,
+                        ERROR_OUTSIDE_WINDOW,
+                        "Outside the nightly window (%02d:%02d-%02d:%02d in reclaimd.conf); use the option 'now' (reclaimctl compact --all --now) to run anyway.",
+                        m->config.window_start / 60,
+                        m->config.window_start % 60,
+                        m->config.window_end / 60,
+                        m->config.window_end % 60);
+        n = manager_enqueue_all(m, !o.now, &ids);
         if (n < 0)
                 return n;
         return reply_job_ids(msg, ids, (size_t) n);

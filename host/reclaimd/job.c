@@ -392,6 +392,12 @@ static Job *job_new(Manager *m, const Vm *vm, const VmDisk *d, JobOrigin origin,
  * (logged; j stays queued). */
 static int job_start(Manager *m, Job *j, dev_t dev) {
         _cleanup_close_ int pipe_r = -1, pipe_w = -1, prog_r = -1, prog_w = -1;
+        char a_compact[] = "compact", a_image[] = "--image", a_json[] = "--json",
+             a_progress[] = "--progress-fd=3", a_force[] = "--force";
+        char *argv[] = {
+                m->config.reclaimctl,      a_compact, a_image, j->image, a_json, a_progress,
+                j->force ? a_force : NULL, NULL
+        };
         int fds[2], r;
         pid_t pid;
 
@@ -418,25 +424,7 @@ static int job_start(Manager *m, Job *j, dev_t dev) {
                 if (null_fd < 0 || dup2(prog_w, 3) < 0 || dup2(null_fd, STDIN_FILENO) < 0 ||
                     dup2(pipe_w, STDOUT_FILENO) < 0)
                         _exit(127);
-                if (j->force)
-                        execl(m->config.reclaimctl,
-                              m->config.reclaimctl,
-                              "compact",
-                              "--image",
-                              j->image,
-                              "--json",
-                              "--progress-fd=3",
-                              "--force",
-                              (char *) NULL);
-                else
-                        execl(m->config.reclaimctl,
-                              m->config.reclaimctl,
-                              "compact",
-                              "--image",
-                              j->image,
-                              "--json",
-                              "--progress-fd=3",
-                              (char *) NULL);
+                execv(m->config.reclaimctl, argv);
                 _exit(127);
         }
         j->pid = pid;
@@ -593,7 +581,7 @@ static int collect_candidates(Manager *m, bool all, Candidate **ret) {
         return (int) MIN(n, (size_t) INT32_MAX);
 }
 
-int manager_enqueue_all(Manager *m, uint32_t **ret_ids) {
+int manager_enqueue_all(Manager *m, bool window, uint32_t **ret_ids) {
         _cleanup_free_ Candidate *c = NULL;
         _cleanup_free_ uint32_t *ids = NULL;
         int n, queued = 0, r;
@@ -612,6 +600,8 @@ int manager_enqueue_all(Manager *m, uint32_t **ret_ids) {
                         break;
                 if (r < 0)
                         return r;
+                if (j->state == JOB_QUEUED && j->origin == JOB_SCHEDULED)
+                        j->window = window;
                 ids[queued++] = j->id;
         }
         log_info("Nightly run: %d disk(s) queued.", queued);
@@ -660,6 +650,15 @@ static bool schedule_queued(Manager *m, Job *j, bool *waiting) {
 
         if (!vm || !d) {
                 job_drop(m, j, "failed", -1); /* the VM or disk left the configuration */
+                return true;
+        }
+        if (j->window && !manager_in_window(m)) {
+                log_info(
+                        "%s: job %" PRIu32 " on %s did not start before the window closed.",
+                        vm->name,
+                        j->id,
+                        j->image);
+                job_drop(m, j, "window-closed", -1);
                 return true;
         }
         if (guest_channel_is_connected(vm->channel)) {
@@ -721,9 +720,10 @@ int manager_schedule(Manager *m) {
                 next = j->next;
                 if (j->state != JOB_QUEUED)
                         continue;
-                if (m->n_jobs >= m->config.max_concurrent) {
+                if (m->n_jobs >= m->config.max_concurrent &&
+                    !(j->window && !manager_in_window(m))) {
                         waiting = true;
-                        break;
+                        continue; /* later ones may still have to be dropped (window closed) */
                 }
                 (void) schedule_queued(m, j, &waiting);
         }

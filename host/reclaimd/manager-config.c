@@ -27,6 +27,7 @@ int manager_config_init(ManagerConfig *c, const char *state_dir, const char *rec
         if (!s || !r)
                 return -ENOMEM;
         *c = (ManagerConfig){
+                .socket_dir = strdup(DEFAULT_SOCKET_DIR),
                 .state_dir = TAKE_PTR(s),
                 .reclaimctl = TAKE_PTR(r),
                 .max_concurrent = 1,
@@ -36,6 +37,10 @@ int manager_config_init(ManagerConfig *c, const char *state_dir, const char *rec
                 .window_start = -1,
                 .window_end = -1,
         };
+        if (!c->socket_dir) {
+                manager_config_done(c);
+                return -ENOMEM;
+        }
         return 0;
 }
 
@@ -56,6 +61,7 @@ void manager_config_done(ManagerConfig *c) {
         if (!c)
                 return;
         c->state_dir = mfree(c->state_dir);
+        c->socket_dir = mfree(c->socket_dir);
         c->reclaimctl = mfree(c->reclaimctl);
 }
 
@@ -172,26 +178,20 @@ static int config_handler(void *user, const char *section, const char *key, cons
         if (strcmp(section, "daemon") != 0)
                 return config_error(p, "key '%s' outside the [daemon] section", key);
 
-        if (strcmp(key, "state_dir") == 0) {
+        if (strcmp(key, "state_dir") == 0 || strcmp(key, "reclaimctl") == 0 ||
+            strcmp(key, "socket_dir") == 0) {
+                char **field = key[1] == 't' ? &c->state_dir :
+                        key[1] == 'e'        ? &c->reclaimctl :
+                                               &c->socket_dir;
                 char *s;
 
                 if (value[0] != '/')
-                        return config_error(p, "state_dir must be an absolute path");
+                        return config_error(p, "%s must be an absolute path", key);
                 s = strdup(value);
                 if (!s)
                         return config_error(p, "out of memory");
-                free(c->state_dir);
-                c->state_dir = s;
-        } else if (strcmp(key, "reclaimctl") == 0) {
-                char *s;
-
-                if (value[0] != '/')
-                        return config_error(p, "reclaimctl must be an absolute path");
-                s = strdup(value);
-                if (!s)
-                        return config_error(p, "out of memory");
-                free(c->reclaimctl);
-                c->reclaimctl = s;
+                free(*field);
+                *field = s;
         } else if (strcmp(key, "max_concurrent") == 0) {
                 if (parse_uint(value, 64, &v) < 0 || v == 0)
                         return config_error(p, "max_concurrent must be 1-64, not '%s'", value);

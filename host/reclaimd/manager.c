@@ -124,6 +124,7 @@ static void registry_diag_cb(const RegistryDiag *diag, void *userdata) {
 /* Builds the Vm for a registry VM, with its state loaded. Returns 0 or -ENOMEM. */
 static int vm_new(Manager *m, const RegistryVm *rvm, Vm **ret) {
         Vm *vm;
+        int r;
 
         vm = calloc(1, sizeof(*vm));
         if (!vm)
@@ -132,9 +133,12 @@ static int vm_new(Manager *m, const RegistryVm *rvm, Vm **ret) {
         vm->min_gain = rvm->min_gain;
         vm->auto_compact = rvm->auto_compact != 0; /* unset: yes */
         vm->name = strdup(rvm->name);
-        vm->channel_path = rvm->channel ? strdup(rvm->channel) : NULL;
+        if (rvm->channel)
+                vm->channel_path = strdup(rvm->channel);
+        else if (asprintf(&vm->channel_path, "%s/%s.sock", m->config.socket_dir, rvm->name) < 0)
+                vm->channel_path = NULL; /* the conventional place: QEMU serves it there */
         vm->disks = calloc(MAX(rvm->n_disks, (size_t) 1), sizeof(VmDisk));
-        if (!vm->name || (rvm->channel && !vm->channel_path) || !vm->disks) {
+        if (!vm->name || !vm->channel_path || !vm->disks) {
                 vm_free(vm);
                 return -ENOMEM;
         }
@@ -146,10 +150,12 @@ static int vm_new(Manager *m, const RegistryVm *rvm, Vm **ret) {
                 }
                 vm->n_disks++;
         }
-        if (vm_state_load(vm) < 0) {
+        r = vm_state_load(vm);
+        if (r < 0) {
                 vm_free(vm);
                 return -ENOMEM;
         }
+        vm->state_dirty = r > 0;
         *ret = vm;
         return 0;
 }
@@ -197,7 +203,10 @@ static int manager_load_vms(Manager *m) {
         for (size_t i = 0; i < n; i++) {
                 Vm *vm = vms[i];
 
-                (void) vm_state_save(vm); /* a new VM gets its file; a damaged one was redone */
+                /* A new VM gets its file (a damaged one was redone while loading). Only
+                 * then: a reload of hundreds of VMs must not cost hundreds of fsyncs. */
+                if (vm->state_dirty && vm_state_save(vm) >= 0)
+                        vm->state_dirty = false;
                 if (!vm->channel_path || vm->channel)
                         continue;
                 r = guest_channel_new(vm, &vm->channel);

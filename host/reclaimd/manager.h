@@ -52,8 +52,12 @@ typedef struct Manager Manager;
 typedef struct GuestChannel GuestChannel;
 typedef struct Job Job;
 
+/* A VM whose configuration names no channel uses SOCKET_DIR/NAME.sock. */
+#define DEFAULT_SOCKET_DIR "/run/reclaim"
+
 typedef struct ManagerConfig {
         char *state_dir;
+        char *socket_dir;
         char *reclaimctl;
         unsigned max_concurrent;
         uint64_t job_timeout_sec;
@@ -99,7 +103,8 @@ struct Job {
         uint32_t id;
         JobState state;
         JobOrigin origin;
-        bool force; /* --force: compact a preallocated image too */
+        bool force;  /* --force: compact a preallocated image too */
+        bool window; /* must start inside the nightly window: dropped when it has closed */
         char *vm_name;
         char *image;
         uint64_t expected_gain;
@@ -128,6 +133,7 @@ typedef struct Vm {
         char *channel_path;
         RegistryMinGain min_gain; /* the VM's own, or UNSET */
         bool auto_compact;        /* false: only an admin's Compact touches its disks */
+        bool state_dirty;         /* the state file must be (re)written */
         VmDisk *disks;
         size_t n_disks;
         GuestChannel *channel;
@@ -304,9 +310,11 @@ int manager_enqueue(Manager *m, Vm *vm, VmDisk *d, JobOrigin origin, bool force,
 
 /*
  * Queues every disk of a stopped VM whose expected gain passes its threshold, biggest gain
- * first (the nightly run). Returns the number queued, or -errno.
+ * first (the nightly run). With window, a job that has not started when the nightly window
+ * closes is dropped ("window-closed"; the disk keeps its state for the next night). Returns
+ * the number queued, or -errno.
  */
-int manager_enqueue_all(Manager *m, uint32_t **ret_ids);
+int manager_enqueue_all(Manager *m, bool window, uint32_t **ret_ids);
 
 /* Cancels a job: a queued one is dropped, a running one killed (the engine is crash-safe).
  * The disk is no longer pending. Returns 0 or -ENOENT. */
@@ -323,7 +331,8 @@ bool vm_disk_worth_compacting(const Vm *vm, const VmDisk *d);
 /*
  * Reads STATE_DIR/vms/NAME.json into vm's disks (matched by path). A missing file leaves the
  * defaults; a damaged one is logged and rewritten from the defaults. Never fails for what a
- * file contains; returns 0 or -ENOMEM.
+ * file contains; returns 0, 1 when the file should be written (missing, or its disks are not
+ * the VM's any more), or -ENOMEM.
  */
 int vm_state_load(Vm *vm);
 

@@ -64,9 +64,11 @@ static json_object *json_u64(uint64_t v) {
         return json_object_new_int64(v > INT64_MAX ? INT64_MAX : (int64_t) v);
 }
 
-/* Applies a parsed state object to vm. Returns 0, or -EBADMSG when its shape is wrong. */
+/* Applies a parsed state object to vm. Returns 0, 1 when the file's disks are not exactly
+ * vm's (it should be rewritten), or -EBADMSG when its shape is wrong. */
 static int state_apply(Vm *vm, json_object *root) {
         json_object *disks, *report;
+        size_t matched = 0;
 
         if (!json_object_is_type(root, json_type_object))
                 return -EBADMSG;
@@ -95,6 +97,7 @@ static int state_apply(Vm *vm, json_object *root) {
 
                         if (strcmp(disk->path, image) != 0)
                                 continue;
+                        matched++;
                         disk->pending = json_object_object_get_ex(d, "pending", &v) &&
                                 json_object_get_boolean(v);
                         disk->reported_bytes = json_get_u64(d, "reported_bytes");
@@ -112,7 +115,7 @@ static int state_apply(Vm *vm, json_object *root) {
                         }
                 }
         }
-        return 0;
+        return matched == vm->n_disks && matched == json_object_array_length(disks) ? 0 : 1;
 }
 
 int vm_state_load(Vm *vm) {
@@ -124,7 +127,7 @@ int vm_state_load(Vm *vm) {
         if (r < 0)
                 return r;
         if (access(path, F_OK) < 0)
-                return 0; /* first run for this VM */
+                return 1; /* first run for this VM */
 
         root = json_object_from_file(path);
         r = root ? state_apply(vm, root) : -EBADMSG;
@@ -148,8 +151,9 @@ int vm_state_load(Vm *vm) {
                 vm->last_report_time = vm->last_report_bytes = 0;
                 vm->last_report_filesystems = 0;
                 (void) vm_state_save(vm);
+                return 0;
         }
-        return 0;
+        return r;
 }
 
 static json_object *state_build(const Vm *vm) {

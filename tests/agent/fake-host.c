@@ -38,6 +38,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fake-fail.h"
 #include "macro.h"
 #include "rpc-frame.h"
 #include "rpc-message.h"
@@ -51,20 +52,6 @@
 #define ABSENCE_CPU_MAX 0.2
 
 static const char *arg_socket, *arg_pty, *arg_mount, *arg_pid_file;
-
-static _noreturn_ void fail(const char *fmt, ...) _printf_(1, 2);
-
-static _noreturn_ void fail(const char *fmt, ...) {
-        va_list ap;
-
-        fputs("FAIL: ", stdout);
-        va_start(ap, fmt);
-        vprintf(fmt, ap);
-        va_end(ap);
-        fputc('\n', stdout);
-        fflush(stdout);
-        exit(1);
-}
 
 static void note(const char *fmt, ...) _printf_(1, 2);
 

@@ -130,6 +130,11 @@ expect_rc 0 "run --dry-run"
 [[ $(jget 'j["filesystems"][0]["bytes"]') -gt $((100 * MiB)) ]] || fail "dry run bytes"
 [[ $(jget 'j["report_sent"]') == False ]] || fail "a dry run sent a report"
 [[ $(free_bytes) -ge $((free1 - MiB)) ]] || fail "a dry run used space"
+# the human line says what would happen, not what happened
+agent run --socket "$SOCK" --mode zero --reserve 0 --filesystem "$MNT" --dry-run
+expect_rc 0 "run --dry-run (text)"
+grep -q "would zero-fill" "$T/err" || fail "dry run text: $(cat "$T/err")"
+grep -q "zero-filled" "$T/err" && fail "a dry run says zero-filled: $(cat "$T/err")"
 log "dry run ok"
 
 # 6. what is not a local filesystem is skipped with a reason; what does not exist fails

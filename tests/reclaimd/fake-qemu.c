@@ -11,6 +11,11 @@
  *   fake-qemu serve --socket PATH [--bytes N]
  *       a running VM whose agent waits for requests: Hello, HelloAck, then for each
  *       ReclaimRequest a Progress and a Report of N bytes; stays connected until killed.
+ *   fake-qemu flood --socket PATH --frames N [--start-file FILE]
+ *       a talkative guest (tests/bench/daemon-channels): Hello, HelloAck, (once FILE
+ *       exists), then N valid
+ *       Progress frames as fast as reclaimd reads them; prints "# flood done", then stays
+ *       connected and silent until killed.
  *   fake-qemu hostile --socket PATH
  *       a hostile guest, for every connection until killed: garbage, a frame header with an
  *       oversized length, a Hello then a flood of frames, a frame that never completes; then
@@ -30,23 +35,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "fake-fail.h"
 #include "macro.h"
 #include "rpc-frame.h"
 #include "rpc-message.h"
-
-static _noreturn_ void fail(const char *fmt, ...) _printf_(1, 2);
-
-static _noreturn_ void fail(const char *fmt, ...) {
-        va_list ap;
-
-        fputs("FAIL: ", stdout);
-        va_start(ap, fmt);
-        vprintf(fmt, ap);
-        va_end(ap);
-        fputc('\n', stdout);
-        fflush(stdout);
-        exit(1);
-}
 
 static int listen_on(const char *path) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -240,6 +232,28 @@ static int do_serve(const char *path, uint64_t bytes) {
         }
 }
 
+static int do_flood(const char *path, uint64_t frames, const char *start_file) {
+        int lfd = listen_on(path), fd;
+        uint8_t buf[4096];
+
+        fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0)
+                fail("accept: %s", strerror(errno));
+        if (!send_hello(fd, 1))
+                fail("send Hello");
+        wait_hello_ack(fd);
+        while (start_file && access(start_file, F_OK) < 0)
+                (void) usleep(10000);
+        for (uint64_t i = 0; i < frames; i++)
+                if (!send_progress(fd, 2 + i, 0, i, frames))
+                        fail("send Progress %" PRIu64, i);
+        printf("# flood done\n");
+        fflush(stdout);
+        while (read(fd, buf, sizeof(buf)) > 0)
+                ;
+        return 0;
+}
+
 static int do_report(const char *path, uint64_t bytes, bool wait_ping) {
         int lfd = listen_on(path), fd;
 
@@ -353,7 +367,8 @@ static int do_hostile(const char *path) {
 
 int main(int argc, char *argv[]) {
         const char *socket_path = NULL;
-        uint64_t bytes = 64u << 20;
+        uint64_t bytes = 64u << 20, frames = 1000;
+        const char *start_file = NULL;
         bool wait_ping = false;
 
         for (int i = 2; i < argc; i++) {
@@ -361,6 +376,10 @@ int main(int argc, char *argv[]) {
                         socket_path = argv[++i];
                 else if (strcmp(argv[i], "--bytes") == 0 && i + 1 < argc)
                         bytes = strtoull(argv[++i], NULL, 10);
+                else if (strcmp(argv[i], "--start-file") == 0 && i + 1 < argc)
+                        start_file = argv[++i];
+                else if (strcmp(argv[i], "--frames") == 0 && i + 1 < argc)
+                        frames = strtoull(argv[++i], NULL, 10);
                 else if (strcmp(argv[i], "--wait-ping") == 0)
                         wait_ping = true;
                 else {
@@ -370,7 +389,7 @@ int main(int argc, char *argv[]) {
         }
         if (argc < 2 || !socket_path) {
                 fprintf(stderr,
-                        "Usage: fake-qemu report|serve|hostile --socket PATH [--bytes N] [--wait-ping]\n");
+                        "Usage: fake-qemu report|serve|flood|hostile --socket PATH [--bytes N] [--wait-ping]\n");
                 return 2;
         }
         (void) signal(SIGPIPE, SIG_IGN);
@@ -380,6 +399,8 @@ int main(int argc, char *argv[]) {
                 return do_hostile(socket_path);
         if (strcmp(argv[1], "serve") == 0)
                 return do_serve(socket_path, bytes);
+        if (strcmp(argv[1], "flood") == 0)
+                return do_flood(socket_path, frames, start_file);
         fprintf(stderr, "fake-qemu: unknown scenario '%s'\n", argv[1]);
         return 2;
 }

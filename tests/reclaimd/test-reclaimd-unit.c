@@ -57,6 +57,8 @@ static void test_config_lines(void **state) {
                 { "[daemon]\nmin_gain = 101%\n", -EINVAL },
                 { "[daemon]\nmin_gain = lots\n", -EINVAL },
                 { "[daemon]\nstate_dir = relative\n", -EINVAL },
+                { "[daemon]\nsocket_dir = relative\n", -EINVAL },
+                { "[daemon]\nsocket_dir = /run/x\n", 0 },
                 { "[daemon]\nguest_allow_zero = maybe\n", -EINVAL },
                 { "[daemon]\nunknown = 1\n", -EINVAL },
                 { "[other]\nmax_concurrent = 1\n", -EINVAL },
@@ -107,6 +109,7 @@ static void test_config_values(void **state) {
         assert_int_equal(c.guest_max_rate, 100u << 20);
         assert_true(c.guest_allow_zero);
         assert_int_equal(c.retry_interval_sec, 2);
+        assert_string_equal(c.socket_dir, DEFAULT_SOCKET_DIR);
         assert_int_equal(c.window_start, -1); /* no window: any time */
         assert_int_equal(c.window_end, -1);
         manager_config_done(&c);
@@ -160,6 +163,18 @@ static void test_state_round_trip(void **state) {
         assert_string_equal(disks[1].refused, "encrypted");
         assert_int_equal(vm.last_report_bytes, 789);
         free(disks[1].refused);
+
+        /* one disk fewer in the configuration: the file wants rewriting (1), figures kept */
+        vm_setup(&m, &vm, disks);
+        vm.n_disks = 1;
+        assert_int_equal(vm_state_load(&vm), 1);
+        assert_true(disks[0].pending);
+        /* no file at all: 1 as well */
+        static char none[] = "vm-none";
+        vm_setup(&m, &vm, disks);
+        vm.name = none;
+        assert_int_equal(vm_state_load(&vm), 1);
+        assert_false(disks[0].pending);
 }
 
 static void test_state_damaged(void **state) {

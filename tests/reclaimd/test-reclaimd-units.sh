@@ -37,6 +37,16 @@ out=$(systemd-analyze verify --man=no "$T/reclaimd.service" "$T/reclaim-compact.
         "$T/reclaim-compact.timer" 2>&1) || fail "systemd-analyze verify: $out"
 [[ -z "$out" ]] || fail "systemd-analyze verify: $out"
 
+if command -v systemd-tmpfiles >/dev/null 2>&1; then
+        # --dry-run does not exist in Debian 12's systemd: create under a scratch root
+        mkdir -p "$T/tmproot"
+        out=$(systemd-tmpfiles --create --root="$T/tmproot" "$SRCDIR/units/reclaim.tmpfiles" 2>&1) ||
+                fail "systemd-tmpfiles: $out"
+        [[ -d "$T/tmproot/run/reclaim" && -d "$T/tmproot/var/lib/reclaim" ]] ||
+                fail "tmpfiles did not create /run/reclaim and /var/lib/reclaim"
+        [[ "$(stat -c %a "$T/tmproot/var/lib/reclaim")" == 700 ]] || fail "/var/lib/reclaim mode"
+fi
+
 if command -v dbus-daemon >/dev/null 2>&1; then
         cat >"$T/bus.conf" <<CONF
 <!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
