@@ -266,10 +266,10 @@ scenario_trim() {
 scenario_locked() {
         local t0 rc=0 hold=$T/hold
         mkdir -p "$hold"
-        # reclaimd runs the real reclaimctl through hold-reclaimctl, which freezes the
+        # reclaimd runs the real reclaimctl through hold-reclaimctl.sh, which freezes the
         # compaction once it holds the image's locks, until $hold/resume appears.
         export E2E_REAL_RECLAIMCTL=$RECLAIMCTL E2E_HOLD_DIR=$hold
-        RECLAIMCTL=$here/hold-reclaimctl reclaimd_start
+        RECLAIMCTL=$here/hold-reclaimctl.sh reclaimd_start
         t0=$(e2e_now_us)
         run_boot nodiscard
         agent_says 'd["method"] == "zero" and d["bytes"] > 0' || fail "the agent did not zero-fill"

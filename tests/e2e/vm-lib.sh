@@ -102,7 +102,7 @@ e2e_requires() {
 # e2e_initramfs OUT AGENT [AGENT_CONF]: a gzipped cpio with busybox, the modules the guest
 # needs (their dependencies first, from each module's .modinfo: there is no depmod here), the
 # agent with the shared libraries it links and their loader (from ldd), agent.conf and
-# tests/e2e/guest-init as /init. Needs E2E_KMOD (e2e_kernel_fetch).
+# tests/e2e/guest-init.sh as /init. Needs E2E_KMOD (e2e_kernel_fetch).
 e2e_initramfs() {
         local ir rc=0
         ir=$(mktemp -d "${TMPDIR:-/tmp}/e2e-ir.XXXXXX") || return 1
@@ -163,7 +163,7 @@ e2e_initramfs_fill() {
                 cp "$conf" "$ir/etc/reclaim/agent.conf" || return 1
         fi
         echo 0123456789abcdef0123456789abcdef >"$ir/etc/machine-id"
-        cp "$E2E_LIB_DIR/guest-init" "$ir/init" && chmod 755 "$ir/init" || return 1
+        cp "$E2E_LIB_DIR/guest-init.sh" "$ir/init" && chmod 755 "$ir/init" || return 1
 
         (cd "$ir" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | gzip -1) >"$out"
 }
@@ -212,7 +212,7 @@ e2e_disk_fill() {
 
 # e2e_qemu_start NAME IMAGE SOCKET CONSOLE MODE DISK [KERNEL_ARGS...]: boots the guest in
 # the background with -accel tcg (KVM is never probed: where /dev/kvm exists but does not
-# work, QEMU hangs). MODE is the guest's e2e.mode (tests/e2e/guest-init). DISK is how the
+# work, QEMU hangs). MODE is the guest's e2e.mode (tests/e2e/guest-init.sh). DISK is how the
 # virtio-blk disk is attached:
 #   nodiscard  the device offers no discard (the guest cannot trim: the agent zero-fills)
 #              and QEMU does not turn zero writes into anything else (detect-zeroes=off)

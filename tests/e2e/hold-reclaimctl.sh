@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: LGPL-2.1-or-later
 #
-# hold-reclaimctl ARGS...: reclaimd's compaction helper for the e2e test "locked". It runs the
+# hold-reclaimctl.sh ARGS...: reclaimd's compaction helper for the e2e test "locked". It runs the
 # real reclaimctl ($E2E_REAL_RECLAIMCTL) with ARGS and, as soon as that process holds QEMU's
 # locks on the image (OFD locks in /proc/locks on the image's inode), stops it with SIGSTOP:
 # a compaction frozen in the middle, with the image locked, for as long as the test needs to
