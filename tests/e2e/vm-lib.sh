@@ -36,9 +36,9 @@ e2e_cache_dir() {
 }
 
 # e2e_kernel_fetch: Debian's current kernel (the package linux-image-amd64 depends on),
-# downloaded with apt-get and unpacked once (vmlinuz, config, modules) into the cache. Sets
-# E2E_KERNEL_DIR, E2E_KERNEL (the vmlinuz) and E2E_KMOD (its module tree). A second run only
-# asks apt-cache which package is current.
+# downloaded with apt-get and unpacked once (vmlinuz, config, modules) into the cache, where it
+# replaces an older one. Sets E2E_KERNEL_DIR, E2E_KERNEL (the vmlinuz) and E2E_KMOD (its module
+# tree). A second run only asks apt-cache which package is current (about 5 s the first time).
 e2e_kernel_fetch() {
         local cache pkg dir
         cache=$(e2e_cache_dir)
@@ -66,6 +66,9 @@ e2e_kernel_fetch() {
                 rm -f "$dir.part"/*.deb
                 touch "$dir.part/.done"
                 mv "$dir.part" "$dir"
+                # an older kernel is not needed any more (about 400 MB each)
+                find "$cache" -mindepth 1 -maxdepth 1 -name 'linux-image-*' ! -name "$pkg" \
+                        -exec rm -rf {} +
         ) 9>"$cache/.lock"; then
                 e2e_err "could not download and unpack $pkg into $cache"
                 return 1
