@@ -21,6 +21,7 @@
 #include "macro.h"
 #include "progress.h"
 #include "qcow2.h"
+#include "reclaimctl.h"
 #include "registry.h"
 #include "size.h"
 
@@ -33,9 +34,9 @@ enum {
 };
 
 /* NULL: under arg_root (or /) */
-static const char *arg_root = NULL;
-static const char *arg_config_dir = NULL;
-static const char *arg_state_dir = NULL;
+const char *arg_root = NULL;
+const char *arg_config_dir = NULL;
+const char *arg_state_dir = NULL;
 
 static int exit_status_for(int r) {
         if (r == -EBUSY)
@@ -724,6 +725,10 @@ static int verb_list(int argc, char *argv[]) {
         return EXIT_OK;
 }
 
+int reclaimctl_load_registry(Registry **ret, char **ret_where) {
+        return load_registry(ret, ret_where);
+}
+
 typedef struct Verb {
         const char *name;
         int (*fn)(int argc, char *argv[]);
@@ -734,6 +739,8 @@ static const Verb verbs[] = {
         { "inspect", verb_inspect, "Show an image's allocation and what compaction would reclaim" },
         { "compact", verb_compact, "Compact a stopped VM's qcow2 disks (or one image) in place" },
         { "list", verb_list, "List the VMs found in vms.d, libvirt and Proxmox configuration" },
+        { "status", verb_status, "Show per storage how over-allocated the host is (--check)" },
+        { "metrics", verb_metrics, "Print the status figures for Prometheus (--textfile DIR)" },
 };
 
 static void print_help(FILE *f) {
@@ -745,7 +752,8 @@ static void print_help(FILE *f) {
                 fprintf(f, "  %-10s %s\n", verbs[i].name, verbs[i].help);
         fprintf(f,
                 "\nExit status: 0 done, 1 error, 2 usage, 3 image in use, 4 image refused\n"
-                "(for a VM, the worst over its disks: 1, then 4, then 3).\n"
+                "(for a VM, the worst over its disks: 1, then 4, then 3), 5 status --check:\n"
+                "a threshold is crossed.\n"
                 "See reclaimctl(1).\n");
 }
 

@@ -18,6 +18,7 @@
 #include <systemd/sd-event.h>
 
 #include "registry.h"
+#include "status.h"
 #include "token-bucket.h"
 
 #define USEC_PER_SEC UINT64_C(1000000)
@@ -52,6 +53,7 @@ typedef struct ManagerConfig {
         uint64_t guest_min_reserve;
         unsigned guest_min_reserve_percent;
         bool guest_allow_zero;
+        StatusThresholds thresholds; /* [thresholds]: for the status figures */
 } ManagerConfig;
 
 typedef struct VmDisk {
