@@ -432,7 +432,12 @@ static int storage_get(
         if (!s->name || !s->source || !s->fstype)
                 return -ENOMEM;
 
-        if (have_st && !k.block) {
+        if (have_st && k.block) {
+                /* a qcow2 image on a device (an LV): the device is all the room it has */
+                s->capacity_bytes = im->file_size;
+                s->used_bytes = MIN(im->allocated_bytes, im->file_size);
+                s->free_bytes = s->capacity_bytes - s->used_bytes;
+        } else if (have_st) {
                 struct statvfs v;
                 /* the image's own path: statvfs of the mount point could name another mount
                  * stacked on top */
