@@ -30,6 +30,7 @@ enum {
 #define DEFAULT_CONFIG_DIR "/etc/reclaim"
 #define DEFAULT_STATE_DIR "/var/lib/reclaim"
 #define TEXTFILE_NAME "reclaim.prom"
+#define SCAN_CACHE_NAME "scan-cache.json"
 
 static const char *arg_config = NULL;
 
@@ -48,9 +49,10 @@ static char *rooted(const char *path) {
  * Everything a report needs: configuration (thresholds, state dir), registry, figures.
  * Returns 0 with *ret (caller frees), or -errno (logged).
  */
-static int collect(StatusReport **ret) {
+static int collect(bool scan, StatusReport **ret) {
         _cleanup_(registry_freep) Registry *reg = NULL;
-        _cleanup_free_ char *conf = NULL, *error = NULL, *default_state = NULL;
+        _cleanup_(status_report_freep) StatusReport *report = NULL;
+        _cleanup_free_ char *conf = NULL, *error = NULL, *default_state = NULL, *cache = NULL;
         StatusConfig config = {};
         const char *state_dir;
         int r;
@@ -76,38 +78,53 @@ static int collect(StatusReport **ret) {
                 return r;
         }
         state_dir = arg_state_dir ?: config.state_dir ?: default_state;
+        if (asprintf(&cache, "%s/" SCAN_CACHE_NAME, state_dir) < 0) {
+                status_config_done(&config);
+                return log_error_errno(-ENOMEM, "Out of memory.");
+        }
 
         r = reclaimctl_load_registry(&reg, NULL);
         if (r >= 0) {
                 r = status_collect(
                         reg,
-                        &(StatusOptions){ .state_dir = state_dir, .thresholds = config.thresholds },
-                        ret);
+                        &(StatusOptions){ .state_dir = state_dir,
+                                          .thresholds = config.thresholds,
+                                          .scan_cache = cache,
+                                          .scan = scan },
+                        &report);
                 if (r < 0)
                         (void) log_error_errno(r, "Cannot collect the status: %m");
         }
+        if (r >= 0 && scan) {
+                (void) mkdir(state_dir, 0755);
+                r = status_scan_cache_save(report, cache);
+                if (r < 0)
+                        (void) log_error_errno(r, "Cannot write %s: %m", cache);
+        }
         status_config_done(&config);
+        if (r >= 0)
+                *ret = TAKE_PTR(report);
         return r;
 }
 
 static void print_help_status(FILE *f) {
         fprintf(f,
-                "Usage: reclaimctl status [--json] [--check] [--config FILE]\n"
+                "Usage: reclaimctl status [--json] [--check] [--scan] [--config FILE]\n"
                 "  --json          one JSON document\n"
+                "  --scan          also read the data of stopped VMs' images whose cached scan\n"
+                "                  is missing or stale (slow), and cache the results\n"
                 "  --check         exit 5 when a threshold in [thresholds] is crossed\n"
                 "  --config FILE   reclaimd.conf to read the thresholds from\n");
 }
 
 int verb_status(int argc, char *argv[]) {
         static const struct option options[] = {
-                { "json", no_argument, NULL, 'j' },
-                { "check", no_argument, NULL, 'c' },
-                { "config", required_argument, NULL, 'C' },
-                { "help", no_argument, NULL, 'h' },
-                {},
+                { "json", no_argument, NULL, 'j' }, { "check", no_argument, NULL, 'c' },
+                { "scan", no_argument, NULL, 's' }, { "config", required_argument, NULL, 'C' },
+                { "help", no_argument, NULL, 'h' }, {},
         };
         _cleanup_(status_report_freep) StatusReport *report = NULL;
-        bool json = false, check = false;
+        bool json = false, check = false, scan = false;
         int c, r;
 
         optind = 0;
@@ -118,6 +135,9 @@ int verb_status(int argc, char *argv[]) {
                         break;
                 case 'c':
                         check = true;
+                        break;
+                case 's':
+                        scan = true;
                         break;
                 case 'C':
                         arg_config = optarg;
@@ -134,7 +154,7 @@ int verb_status(int argc, char *argv[]) {
                 print_help_status(stderr);
                 return STATUS_EXIT_USAGE;
         }
-        if (collect(&report) < 0)
+        if (collect(scan, &report) < 0)
                 return STATUS_EXIT_ERROR;
         r = json ? status_render_json(report, stdout) : status_render_text(report, stdout);
         if (r < 0) {
@@ -238,7 +258,7 @@ int verb_metrics(int argc, char *argv[]) {
                 print_help_metrics(stderr);
                 return STATUS_EXIT_USAGE;
         }
-        if (collect(&report) < 0)
+        if (collect(false, &report) < 0)
                 return STATUS_EXIT_ERROR;
         if (textfile)
                 return write_textfile(report, textfile) < 0 ? STATUS_EXIT_ERROR : STATUS_EXIT_OK;

@@ -154,6 +154,12 @@ static void image_text(const StatusImage *im, FILE *f) {
                 im->in_use ? "  [running]" : "",
                 im->warnings ? "  WARNING: " : "",
                 w);
+        if (im->scanned)
+                fprintf(f,
+                        "  %-12s %-10s reclaimable from a data scan of %s\n",
+                        "",
+                        "",
+                        format_time(t1, sizeof(t1), im->scan_time_usec));
         if (im->note)
                 fprintf(f, "  %-12s %-10s not compactable now: %s\n", "", "", im->note);
 }
@@ -228,6 +234,13 @@ static json_object *image_json(const StatusImage *im) {
         json_object_object_add(o, "reclaimable_bytes", ju64(im->reclaimable_bytes));
         json_object_object_add(
                 o, "metadata_reclaimable_bytes", ju64(im->metadata_reclaimable_bytes));
+        json_object_object_add(
+                o,
+                "reclaimable_source",
+                im->error           ? NULL :
+                        im->scanned ? json_object_new_string("scan") :
+                                      json_object_new_string("metadata"));
+        json_object_object_add(o, "scan_time", jtime(im->scanned ? im->scan_time_usec : 0));
         json_object_object_add(o, "guest_reported_bytes", ju64(im->reported_bytes));
         json_object_object_add(o, "guest_report_time", jtime(im->report_time_usec));
         json_object_object_add(o, "last_compaction_time", jtime(im->last_compaction_usec));
@@ -604,6 +617,17 @@ int status_render_prometheus(const StatusReport *r, FILE *f) {
                         fputs("reclaim_image_last_compaction_reclaimed_bytes", f);
                         image_labels(f, r, &r->images[i]);
                         prom_u64(f, r->images[i].last_compaction_gain);
+                }
+
+        prom_family(
+                f,
+                "reclaim_image_scan_timestamp_seconds",
+                "When the image's data was last scanned (its reclaimable bytes are then exact).");
+        for (size_t i = 0; i < r->n_images; i++)
+                if (r->images[i].scanned) {
+                        fputs("reclaim_image_scan_timestamp_seconds", f);
+                        image_labels(f, r, &r->images[i]);
+                        prom_seconds(f, r->images[i].scan_time_usec);
                 }
 
         prom_family(

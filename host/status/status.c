@@ -22,6 +22,8 @@
 #include "qcow2.h"
 #include "status.h"
 
+static uint64_t now_realtime_usec(void);
+
 /* ---- mountinfo ---- */
 
 typedef struct Mount {
@@ -148,6 +150,10 @@ static inline void json_object_putp(json_object **o) {
                 (void) json_object_put(*o);
 }
 
+static json_object *json_new_u64(uint64_t v) {
+        return json_object_new_int64((int64_t) MIN(v, (uint64_t) INT64_MAX));
+}
+
 static uint64_t json_u64(json_object *o, const char *key) {
         json_object *v;
         int64_t i;
@@ -214,7 +220,31 @@ static int set_error(StatusImage *im, int r, const char *what, const char *detai
  * stat (for grouping) and *ret_have_st whether it could be taken. Returns 0 (problems are
  * recorded in im->error) or -ENOMEM.
  */
-static int image_read(StatusImage *im, struct stat *ret_st, bool *ret_have_st) {
+/* The cache entry for im (borrowed from cache) when it is still valid, else NULL. */
+static json_object *scan_cache_find(json_object *cache, const StatusImage *im) {
+        json_object *images, *e, *v;
+
+        if (!cache || !json_object_object_get_ex(cache, "images", &images) ||
+            !json_object_is_type(images, json_type_array))
+                return NULL;
+        for (size_t i = 0; i < json_object_array_length(images); i++) {
+                e = json_object_array_get_idx(images, i);
+                if (!json_object_is_type(e, json_type_object) ||
+                    !json_object_object_get_ex(e, "image", &v) ||
+                    !json_object_is_type(v, json_type_string) ||
+                    strcmp(json_object_get_string(v), im->path) != 0)
+                        continue;
+                if (json_u64(e, "inode") == im->inode &&
+                    json_u64(e, "file_size") == im->file_size &&
+                    json_u64(e, "mtime_nsec") == im->mtime_nsec)
+                        return e;
+                return NULL;
+        }
+        return NULL;
+}
+
+static int
+image_read(StatusImage *im, json_object *cache, bool scan, struct stat *ret_st, bool *ret_have_st) {
         _cleanup_(io_freep) IoBackend *io = NULL;
         _cleanup_(qcow2_closep) Qcow2Image *img = NULL;
         Qcow2Diag diag = { { 0 } };
@@ -239,6 +269,9 @@ static int image_read(StatusImage *im, struct stat *ret_st, bool *ret_have_st) {
                 return set_error(im, -errno, "cannot stat", strerror(errno));
         *ret_have_st = true;
         im->block = S_ISBLK(ret_st->st_mode);
+        im->inode = (uint64_t) ret_st->st_ino;
+        im->mtime_nsec =
+                (uint64_t) ret_st->st_mtim.tv_sec * 1000000000 + (uint64_t) ret_st->st_mtim.tv_nsec;
         if (!im->block)
                 im->disk_usage_bytes = (uint64_t) ret_st->st_blocks * 512;
         /* probing takes no lock: a QEMU starting now is never disturbed */
@@ -271,6 +304,21 @@ static int image_read(StatusImage *im, struct stat *ret_st, bool *ret_have_st) {
                  * the best figure for what it holds */
                 im->allocated_bytes = info.file_size;
         }
+
+        json_object *e = scan_cache_find(cache, im);
+        if (e) {
+                im->scanned = true;
+                im->scan_time_usec = json_u64(e, "time");
+                im->scan_reclaimable_bytes = json_u64(e, "reclaimable_bytes");
+        } else if (scan && !im->in_use && info.compactable) {
+                /* a running VM's data changes under the scan: only stopped ones are scanned */
+                r = qcow2_inspect(img, &(Qcow2InspectOptions){ .scan = true }, &info, &diag);
+                if (r >= 0 && info.scanned) {
+                        im->scanned = true;
+                        im->scan_time_usec = now_realtime_usec();
+                        im->scan_reclaimable_bytes = info.reclaimable_bytes;
+                }
+        }
         return 0;
 }
 
@@ -295,13 +343,15 @@ static void image_apply_state(StatusImage *im, json_object *disk) {
  * metadata (free clusters inside the file, leaks, zero-flagged or all-zero-known clusters
  * still holding space, the tail a compaction would cut), plus what the guest reported freeing
  * since the last compaction (clusters that now hold zeros, which only the data scan would
- * see), never more than the file.
+ * see), never more than the file. A valid scan result replaces all of that: it is exact.
  */
 static uint64_t image_estimate(const StatusImage *im) {
         uint64_t e;
 
         if (im->error)
                 return 0;
+        if (im->scanned) /* the image has not changed since its data was scanned */
+                return MIN(im->scan_reclaimable_bytes, im->file_size);
         if (ADD_OVERFLOW(im->metadata_reclaimable_bytes, im->reported_bytes, &e))
                 e = UINT64_MAX;
         return MIN(e, im->file_size);
@@ -560,6 +610,7 @@ int status_collect(const Registry *reg, const StatusOptions *opts, StatusReport 
         _cleanup_(status_report_freep) StatusReport *r = NULL;
         _cleanup_free_ StorageKey *keys = NULL;
         _cleanup_(mount_table_done) MountTable mt = {};
+        _cleanup_(json_object_putp) json_object *cache = NULL;
         const RegistryVm *vm;
         size_t cap = 0;
         uint64_t t0;
@@ -575,6 +626,9 @@ int status_collect(const Registry *reg, const StatusOptions *opts, StatusReport 
         r->time_usec = now_realtime_usec();
         if (mount_table_load(&mt, opts->mountinfo ?: "/proc/self/mountinfo") < 0)
                 return -ENOMEM;
+        /* a missing or damaged cache is an empty one: it only ever saves work */
+        if (opts->scan_cache && access(opts->scan_cache, F_OK) >= 0)
+                cache = json_object_from_file(opts->scan_cache);
 
         r->vms = calloc(registry_size(reg) + 1, sizeof(StatusVm));
         if (!r->vms)
@@ -602,7 +656,8 @@ int status_collect(const Registry *reg, const StatusOptions *opts, StatusReport 
                         k = image_add(r, &cap, vm, &vm->disks[d], state);
                         if (k < 0)
                                 return k;
-                        k = image_read(&r->images[r->n_images - 1], &st, &have_st);
+                        k = image_read(
+                                &r->images[r->n_images - 1], cache, opts->scan, &st, &have_st);
                         if (k < 0)
                                 return k;
                         s = storage_get(r, &keys, &mt, &r->images[r->n_images - 1], &st, have_st);
@@ -622,5 +677,81 @@ int status_collect(const Registry *reg, const StatusOptions *opts, StatusReport 
         report_finish(r);
         r->duration_usec = now_monotonic_usec() - t0;
         *ret = TAKE_PTR(r);
+        return 0;
+}
+
+int status_scan_cache_save(const StatusReport *r, const char *path) {
+        _cleanup_(json_object_putp) json_object *root = NULL;
+        _cleanup_free_ char *tmp = NULL, *dir = NULL;
+        _cleanup_close_ int fd = -1, dfd = -1;
+        json_object *images;
+        const char *text;
+        size_t n;
+        char *slash;
+        int k;
+
+        if (!r || !path)
+                return -EINVAL;
+        root = json_object_new_object();
+        images = json_object_new_array();
+        if (!root || !images) {
+                (void) json_object_put(images);
+                return -ENOMEM;
+        }
+        json_object_object_add(root, "images", images);
+        for (size_t i = 0; i < r->n_images; i++) {
+                const StatusImage *im = &r->images[i];
+                json_object *e;
+
+                if (!im->scanned)
+                        continue;
+                e = json_object_new_object();
+                if (!e)
+                        return -ENOMEM;
+                json_object_object_add(e, "image", json_object_new_string(im->path));
+                json_object_object_add(e, "inode", json_new_u64(im->inode));
+                json_object_object_add(e, "file_size", json_new_u64(im->file_size));
+                json_object_object_add(e, "mtime_nsec", json_new_u64(im->mtime_nsec));
+                json_object_object_add(e, "time", json_new_u64(im->scan_time_usec));
+                json_object_object_add(
+                        e, "reclaimable_bytes", json_new_u64(im->scan_reclaimable_bytes));
+                json_object_array_add(images, e);
+        }
+        text = json_object_to_json_string_ext(root, JSON_C_TO_STRING_PRETTY);
+
+        if (asprintf(&tmp, "%s.XXXXXX", path) < 0)
+                return -ENOMEM;
+        dir = strdup(path);
+        if (!dir)
+                return -ENOMEM;
+        slash = strrchr(dir, '/');
+        if (slash)
+                *(slash == dir ? slash + 1 : slash) = '\0';
+        /* durability: data, fsync, rename over the old file, fsync the directory */
+        fd = mkostemp(tmp, O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        k = fchmod(fd, 0644) < 0 ? -errno : 0;
+        for (n = strlen(text); k >= 0 && n > 0;) {
+                ssize_t w = write(fd, text, n);
+
+                if (w < 0 && errno == EINTR)
+                        continue;
+                if (w < 0)
+                        k = -errno;
+                else
+                        text += w, n -= (size_t) w;
+        }
+        if (k >= 0 && fsync(fd) < 0)
+                k = -errno;
+        if (k >= 0 && rename(tmp, path) < 0)
+                k = -errno;
+        if (k < 0) {
+                (void) unlink(tmp);
+                return k;
+        }
+        dfd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd >= 0)
+                (void) fsync(dfd);
         return 0;
 }

@@ -102,7 +102,16 @@ typedef struct StatusImage {
         uint64_t last_compaction_usec;
         uint64_t last_compaction_gain;
 
-        /* metadata estimate + the pending guest report, at most the file size */
+        /* a data scan of this very file (same inode, size and mtime) from the scan cache, or
+         * made now with StatusOptions.scan: exact as of scan_time_usec */
+        bool scanned;
+        uint64_t scan_time_usec;
+        uint64_t scan_reclaimable_bytes;
+        uint64_t mtime_nsec; /* the file's, for the cache */
+        uint64_t inode;
+
+        /* the scan's result when there is one; else the metadata estimate + the pending guest
+         * report, at most the file size */
         uint64_t reclaimable_bytes;
         unsigned warnings; /* STATUS_WARN_* */
 } StatusImage;
@@ -151,6 +160,16 @@ typedef struct StatusOptions {
         const char *state_dir;       /* reclaimd's state (NULL: no state files are read) */
         StatusThresholds thresholds; /* copied into the report */
         const char *mountinfo;       /* NULL: /proc/self/mountinfo (tests) */
+        /*
+         * A file of earlier data scans (status_scan_cache_save), or NULL. An entry counts only
+         * while the image's inode, size and mtime are those it was scanned at.
+         */
+        const char *scan_cache;
+        /*
+         * Scan the data of every image not in use whose cache entry is missing or stale (reads
+         * every allocated cluster: the one exception to "metadata only", on request).
+         */
+        bool scan;
 } StatusOptions;
 
 /*
@@ -159,9 +178,17 @@ typedef struct StatusOptions {
  * taken; QEMU's lock bytes probed), fstat/fstatvfs, its header cluster, L1, L2 and refcount
  * tables and snapshot/bitmap metadata; one read of each VM's state file; one of mountinfo.
  * CPU: the metadata walk and the compaction planner's simulation (tests/bench/status).
+ * With opts->scan, images not in use without a valid cache entry are also scanned: every
+ * allocated cluster is read (as qcow2_inspect with .scan).
  * Returns 0 and a new report in *ret (free with status_report_free), -EINVAL, -ENOMEM.
  */
 int status_collect(const Registry *reg, const StatusOptions *opts, StatusReport **ret);
+
+/*
+ * Writes the scan results of r (every image with scanned set) to path: a temporary file in the
+ * same directory, fsync, rename. Entries of images not in r are dropped. Returns 0 or -errno.
+ */
+int status_scan_cache_save(const StatusReport *r, const char *path);
 
 /* Frees r and everything it owns; accepts NULL; returns NULL. */
 StatusReport *status_report_free(StatusReport *r);
