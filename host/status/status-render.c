@@ -108,15 +108,22 @@ static void storage_text(const StatusReport *r, const StatusStorage *s, FILE *f)
                         format_bytes(a, sizeof(a), t->reclaimable_bytes));
 }
 
-static void image_text(const StatusImage *im, FILE *f) {
+/* Column widths of the VM and disk names. */
+typedef struct Widths {
+        int vm, disk;
+} Widths;
+
+static void image_text(const StatusImage *im, const Widths *cw, FILE *f) {
         char v[FORMAT_BYTES_MAX], fs[FORMAT_BYTES_MAX], al[FORMAT_BYTES_MAX], re[FORMAT_BYTES_MAX],
                 g[FORMAT_BYTES_MAX], rb[FORMAT_BYTES_MAX], t1[32], t2[32], w[64];
         char last[64], report[80];
 
         if (im->error) {
                 fprintf(f,
-                        "  %-12s %-10s %s: %s  WARNING\n",
+                        "  %-*s %-*s %s: %s  WARNING\n",
+                        cw->vm,
                         im->vm,
+                        cw->disk,
                         im->disk,
                         im->path,
                         im->error_message ?: "error");
@@ -142,8 +149,10 @@ static void image_text(const StatusImage *im, FILE *f) {
                 snprintf(report, sizeof(report), "none");
         warnings_text(w, sizeof(w), im->warnings);
         fprintf(f,
-                "  %-12s %-10s %10s %10s %10s %11s  %-30s %s%s%s%s\n",
+                "  %-*s %-*s %10s %10s %10s %11s  %-30s %s%s%s%s\n",
+                cw->vm,
                 im->vm,
+                cw->disk,
                 im->disk,
                 format_bytes(v, sizeof(v), im->virtual_size),
                 format_bytes(fs, sizeof(fs), im->file_size),
@@ -156,17 +165,31 @@ static void image_text(const StatusImage *im, FILE *f) {
                 w);
         if (im->scanned)
                 fprintf(f,
-                        "  %-12s %-10s reclaimable from a data scan of %s\n",
+                        "  %-*s %-*s reclaimable from a data scan of %s\n",
+                        cw->vm,
                         "",
+                        cw->disk,
                         "",
                         format_time(t1, sizeof(t1), im->scan_time_usec));
         if (im->note)
-                fprintf(f, "  %-12s %-10s not compactable now: %s\n", "", "", im->note);
+                fprintf(f,
+                        "  %-*s %-*s not compactable now: %s\n",
+                        cw->vm,
+                        "",
+                        cw->disk,
+                        "",
+                        im->note);
 }
 
 int status_render_text(const StatusReport *r, FILE *f) {
+        Widths wd = { .vm = 8, .disk = 8 };
+
         if (!r || !f)
                 return -EINVAL;
+        for (size_t i = 0; i < r->n_images; i++) {
+                wd.vm = MAX(wd.vm, (int) MIN(strlen(r->images[i].vm), (size_t) 40));
+                wd.disk = MAX(wd.disk, (int) MIN(strlen(r->images[i].disk), (size_t) 40));
+        }
         if (r->n_images == 0)
                 fprintf(f, "No qcow2 disks found.\n");
         for (size_t i = 0; i < r->n_storages; i++) {
@@ -176,8 +199,10 @@ int status_render_text(const StatusReport *r, FILE *f) {
                         fputc('\n', f);
                 storage_text(r, s, f);
                 fprintf(f,
-                        "\n  %-12s %-10s %10s %10s %10s %11s  %-30s %s\n",
+                        "\n  %-*s %-*s %10s %10s %10s %11s  %-30s %s\n",
+                        wd.vm,
                         "VM",
+                        wd.disk,
                         "DISK",
                         "VIRTUAL",
                         "FILE",
@@ -187,7 +212,7 @@ int status_render_text(const StatusReport *r, FILE *f) {
                         "GUEST REPORT");
                 for (size_t k = 0; k < r->n_images; k++)
                         if (r->images[k].storage == i)
-                                image_text(&r->images[k], f);
+                                image_text(&r->images[k], &wd, f);
         }
         if (r->n_warnings > 0)
                 fprintf(f, "\n%zu warning%s.\n", r->n_warnings, r->n_warnings == 1 ? "" : "s");
