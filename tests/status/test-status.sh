@@ -7,7 +7,9 @@
 # reclaimable estimate (metadata + pending guest report from reclaimd's state file), the
 # last compaction; thresholds and --check exits; images held by qemu-nbd and by a writing
 # qemu-io (dirty, lazy refcounts) are read without taking their locks and stay untouched;
-# metrics pass promtool, --textfile writes atomically. Needs root (mount).
+# metrics pass promtool, --textfile writes atomically; status --scan and its cache; a qcow2
+# image on a block device; the registry's own fixture host (tests/registry/fixtures/host)
+# with real images; metadata-only reads (strace). Needs root (mount).
 source "$(dirname "$0")/../integration/functions.sh"
 requires qemu-nbd mkfs.ext4 mount umount mkfifo
 
@@ -24,6 +26,9 @@ status_cleanup() {
         local rc=$?
         exec 7>&- 2>/dev/null || true
         umount "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null || true
+        if [[ -n ${FXMNT:-} ]] && mountpoint -q "$FXMNT"; then
+                umount "$FXMNT" 2>/dev/null || umount -l "$FXMNT" 2>/dev/null || true
+        fi
         (exit $rc)
         cleanup
 }
@@ -384,6 +389,41 @@ if command -v losetup >/dev/null 2>&1; then
         expect_eq "block disk" "$(py '[(x["block"], x["error"], x["virtual_size"]) for x in d["storages"][0]["disks"]]' "$T/out")" \
                 "[(True, None, 1073741824)]"
 fi
+
+# ---- the registry's fixture host (tests/registry/fixtures/host: Proxmox with several
+# storages, libvirt with a file and a block disk, vms.d), its local storage on a loop fs ------
+FX=$T/fx
+cp -a "$SRCDIR/tests/registry/fixtures/host" "$FX"
+mkdir -p "$FX/var/lib/vz"
+truncate -s 128M "$T/fx.img"
+mkfs.ext4 -q -F -m 0 "$T/fx.img" || fail "mkfs.ext4"
+mount -o loop "$T/fx.img" "$FX/var/lib/vz" || fail "mount -o loop (fixture)"
+FXMNT=$FX/var/lib/vz
+"$RECLAIMCTL" --root "$FX" list --json >"$T/fx-list.json" 2>/dev/null || fail "list on the fixture host"
+n=0 fxsum=0
+while read -r path block; do
+        [[ $block == True ]] && continue # the LV stays missing: an error row
+        n=$((n + 1))
+        mkdir -p "$(dirname "$path")"
+        mkimg "$path" $((n * 256))M -o cluster_size=$CS
+        qio "$path" "write -P $n 0 1M"
+        [[ $path == "$FXMNT"/* ]] && fxsum=$((fxsum + n * (256 << 20)))
+done < <(py "'\n'.join('%s %s' % (x['path'], x['block']) for v in d['vms'] for x in v['disks'])" "$T/fx-list.json")
+RC=0
+"$RECLAIMCTL" --root "$FX" status --json >"$T/out" 2>"$T/err" || RC=$?
+umount "$FXMNT"
+expect_st_rc 0 "status on the fixture host"
+expect_eq "fixture: every disk has a row" \
+        "$(py "sorted('%s/%s' % (x['vm'], x['disk']) for s in d['storages'] for x in s['disks'])" "$T/out")" \
+        "$(py "sorted('%s/%s' % (v['name'], x['drive'] or x['path'].rsplit('/', 1)[1]) for v in d['vms'] for x in v['disks'])" "$T/fx-list.json")"
+expect_eq "fixture: the missing LV is the only error" \
+        "$(py "[(x['vm'], x['disk']) for s in d['storages'] for x in s['disks'] if x['error']]" "$T/out")" "[('db01', 'vdc')]"
+expect_eq "fixture: the loop storage's disks" \
+        "$(py "[(x['vm'], x['disk']) for s in d['storages'] if s['storage'] == '$FXMNT' for x in s['disks']]" "$T/out")" \
+        "[('vm-100', 'scsi0'), ('vm-101', 'scsi0'), ('vm-101', 'efidisk0'), ('vm-103', 'scsi1')]"
+expect_eq "fixture: virtual sum on the loop storage" \
+        "$(py "[s['virtual_bytes'] for s in d['storages'] if s['storage'] == '$FXMNT'][0]" "$T/out")" "$fxsum"
+log "fixture host: $n images, $(py 'len(d["storages"])' "$T/out") storages"
 
 # ---- metadata only ------------------------------------------------------------------------
 # 4 KiB clusters, 1 MiB of data right after the metadata: opening and walking it must not read
