@@ -23,8 +23,24 @@ MNT=$R/var/lib/vz
 CS=65536
 
 status_cleanup() {
-        local rc=$?
-        exec 7>&- 2>/dev/null || true
+        local rc=$? p
+        # errexit would end this handler at the first failing command (the "(exit $rc)" below
+        # included), before cleanup kills the helpers and removes $T
+        set +e
+        exec 7>&- 8>&-
+        # the helpers first: a file they hold open keeps the filesystem busy
+        # (a qemu-nbd that gets SIGTERM while it is still starting may never act on it)
+        for p in "${BG_PIDS[@]}"; do
+                kill "$p" 2>/dev/null
+                for _ in $(seq 1 30); do
+                        kill -0 "$p" 2>/dev/null || break
+                        sleep 0.1
+                done
+                kill -KILL "$p" 2>/dev/null
+                wait "$p" 2>/dev/null
+        done
+        BG_PIDS=()
+        [[ -n ${LOOP_ATTACHED:-} ]] && losetup -d "$LOOP_ATTACHED" 2>/dev/null
         umount "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null || true
         if [[ -n ${FXMNT:-} ]] && mountpoint -q "$FXMNT"; then
                 umount "$FXMNT" 2>/dev/null || umount -l "$FXMNT" 2>/dev/null || true
@@ -376,6 +392,7 @@ rm "$CACHE"
 if command -v losetup >/dev/null 2>&1; then
         truncate -s 64M "$T/dev.img"
         LOOPDEV=$(losetup -f --show "$T/dev.img") || fail "losetup"
+        LOOP_ATTACHED=$LOOPDEV
         qemu-img create -q -f qcow2 "$LOOPDEV" 1G || fail "qemu-img create on $LOOPDEV"
         qemu-io -f qcow2 -c "write -P 1 0 4M" "$LOOPDEV" >/dev/null || fail "qemu-io on $LOOPDEV"
         mkdir -p "$T/blk/vms.d"
@@ -383,6 +400,7 @@ if command -v losetup >/dev/null 2>&1; then
         RC=0
         "$RECLAIMCTL" --config-dir "$T/blk" --state-dir "$T/blk" status --json >"$T/out" 2>"$T/err" || RC=$?
         losetup -d "$LOOPDEV"
+        LOOP_ATTACHED=
         expect_st_rc 0 "status of an image on a block device"
         expect_eq "block storage" "$(py '[(s["storage"], s["fstype"], s["capacity_bytes"], s["over_allocation_ratio"]) for s in d["storages"]]' "$T/out")" \
                 "[('$LOOPDEV', 'block', 67108864, 16.0)]"
