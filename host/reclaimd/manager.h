@@ -19,6 +19,7 @@
 #include <systemd/sd-event.h>
 
 #include "registry.h"
+#include "status.h"
 #include "token-bucket.h"
 
 #define USEC_PER_SEC UINT64_C(1000000)
@@ -72,6 +73,7 @@ typedef struct ManagerConfig {
          * local midnight (the window may wrap past midnight); -1: any time */
         int window_start;
         int window_end;
+        StatusThresholds thresholds; /* [thresholds]: for the status figures */
 } ManagerConfig;
 
 typedef struct VmDisk {
