@@ -21,7 +21,6 @@
 
 #define DEFAULT_CONFIG_DIR "/etc/reclaim"
 #define TEXTFILE_NAME "reclaim.prom"
-#define SCAN_CACHE_NAME "scan-cache.json"
 
 static const char *arg_config = NULL;
 
@@ -69,7 +68,7 @@ static int collect(bool scan, StatusReport **ret) {
                 return r;
         }
         state_dir = arg_state_dir ?: config.state_dir ?: default_state;
-        if (asprintf(&cache, "%s/" SCAN_CACHE_NAME, state_dir) < 0) {
+        if (asprintf(&cache, "%s/" STATUS_SCAN_CACHE_NAME, state_dir) < 0) {
                 status_config_done(&config);
                 return log_error_errno(-ENOMEM, "Out of memory.");
         }

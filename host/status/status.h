@@ -156,6 +156,9 @@ typedef struct StatusReport {
         size_t n_warnings; /* rows (storages and images) with a warning */
 } StatusReport;
 
+/* The scan cache's file name in the state directory (reclaimctl status --scan writes it). */
+#define STATUS_SCAN_CACHE_NAME "scan-cache.json"
+
 typedef struct StatusOptions {
         const char *state_dir;       /* reclaimd's state (NULL: no state files are read) */
         StatusThresholds thresholds; /* copied into the report */
