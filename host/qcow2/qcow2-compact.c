@@ -54,7 +54,9 @@ int qcow2_inspect(
         img->progress = opts ? opts->progress : NULL;
         img->progress_userdata = opts ? opts->userdata : NULL;
 
+        img->tolerate_stale = opts && opts->live;
         r = qcow2_walk(img, &walk_diag);
+        img->tolerate_stale = false;
         fill_header_info(img, &info);
         if (r < 0) {
                 if (!qcow2_error_is_refusal(r))
@@ -77,6 +79,17 @@ int qcow2_inspect(
         info.compactable = img->refusal_code == 0;
         if (img->refusal_code)
                 snprintf(info.refusal, sizeof(info.refusal), "%s", img->refusal);
+        info.stale_refcounts = img->stale_refcounts;
+        if (img->stale_refcounts && info.compactable) {
+                info.compactable = false;
+                snprintf(
+                        info.refusal,
+                        sizeof(info.refusal),
+                        "%" PRIu64
+                        " clusters have a refcount below their references "
+                        "(the image is in use, or corrupt)",
+                        img->stale_refcounts);
+        }
 
         /* Estimate by simulation: the same code as a real run, with writes turned off. */
         info.zero_data_clusters = img->zero_alloc_clusters;

@@ -569,13 +569,35 @@ int qcow2_open(IoBackend *io, unsigned flags, Qcow2Image **ret, Qcow2Diag *diag)
                 return qcow2_diag(diag, -EMEDIUMTYPE, "not a qcow2 image (file too small)");
         }
 
-        hdr_len = MIN(img->file_size, (uint64_t) 1 << QCOW2_MAX_CLUSTER_BITS);
+        /*
+         * Read the header cluster and no more: a first small read tells the cluster size, then
+         * the rest of cluster 0. Reading a fixed 2 MiB would read guest data clusters of
+         * images with small clusters (status walks hundreds of images: metadata only).
+         */
+        hdr_len = MIN(img->file_size, (uint64_t) QCOW2_HEADER_PROBE);
         hdr = calloc(1, hdr_len);
         if (!hdr)
                 return -ENOMEM;
         r = io_pread(io, hdr, hdr_len, 0);
         if (r < 0)
                 return qcow2_diag(diag, r, "cannot read the header: %s", strerror(-r));
+        if (rd32(hdr) == QCOW2_MAGIC && rd32(hdr + 20) >= QCOW2_MIN_CLUSTER_BITS &&
+            rd32(hdr + 20) <= QCOW2_MAX_CLUSTER_BITS) {
+                size_t want = MIN(img->file_size, (uint64_t) 1 << rd32(hdr + 20));
+
+                if (want > hdr_len) {
+                        uint8_t *q = realloc(hdr, want);
+
+                        if (!q)
+                                return -ENOMEM;
+                        hdr = q;
+                        r = io_pread(io, hdr + hdr_len, want - hdr_len, hdr_len);
+                        if (r < 0)
+                                return qcow2_diag(
+                                        diag, r, "cannot read the header: %s", strerror(-r));
+                        hdr_len = want;
+                }
+        }
 
         r = parse_header(img, hdr, hdr_len, diag);
         if (r < 0)

@@ -19,6 +19,8 @@
 #define QCOW2_V3_HEADER_MIN 104
 #define QCOW2_MIN_CLUSTER_BITS 9
 #define QCOW2_MAX_CLUSTER_BITS 21
+/* qcow2_open reads this much first, then the rest of the header cluster */
+#define QCOW2_HEADER_PROBE 4096
 #define QCOW2_MAX_L1_BYTES (32u << 20)      /* QEMU's QCOW_MAX_L1_SIZE */
 #define QCOW2_MAX_REFTABLE_BYTES (8u << 20) /* QEMU's QCOW_MAX_REFTABLE_SIZE */
 #define QCOW2_MAX_SNAPSHOTS 65536
@@ -186,6 +188,9 @@ struct Qcow2Image {
 
         /* reference map: built by qcow2_walk() */
         bool walked;
+        /* qcow2_inspect(.live): refcounts below the references are counted, not refused */
+        bool tolerate_stale;
+        uint64_t stale_refcounts;
         uint64_t nb_clusters;     /* host clusters covered by the file (rounded up) */
         uint32_t *refcount;       /* per host cluster: the refcount as on disk (after repair) */
         uint8_t *kind;            /* per host cluster: ClusterKind */

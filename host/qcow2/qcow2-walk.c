@@ -43,6 +43,7 @@ void qcow2_walk_reset(Qcow2Image *img) {
         img->rb_dirty_n = 0;
         img->walked = false;
         img->leaked_clusters = img->leaks_past_eof = img->partial_leaks = 0;
+        img->stale_refcounts = 0;
         img->data_clusters = img->zero_alloc_clusters = img->zero_plain_clusters = 0;
         img->compressed_clusters = img->l2_tables = img->guest_allocated = 0;
 }
@@ -436,7 +437,9 @@ static int compare_refcounts(WalkCtx *ctx) {
                         /* No block: every cluster in its range must be unreferenced. */
                         for (uint64_t c = first; c < MIN(first + img->rb_entries, img->nb_clusters);
                              c++)
-                                if (img->refcount[c])
+                                if (img->refcount[c] && img->tolerate_stale)
+                                        img->stale_refcounts++;
+                                else if (img->refcount[c])
                                         return qcow2_diag(
                                                 ctx->diag,
                                                 -EUCLEAN,
@@ -469,6 +472,11 @@ static int compare_refcounts(WalkCtx *ctx) {
                                         c,
                                         want,
                                         img->refcount_bits);
+                        if (v < want && img->tolerate_stale) {
+                                /* a running VM's lazy or in-flight refcount update */
+                                img->stale_refcounts++;
+                                continue;
+                        }
                         if (v < want)
                                 return qcow2_diag(
                                         ctx->diag,
@@ -523,6 +531,8 @@ static int compare_refcounts(WalkCtx *ctx) {
 static int check_copied(WalkCtx *ctx) {
         Qcow2Image *img = ctx->img;
 
+        if (img->tolerate_stale) /* COPIED follows the refcounts, which may be stale */
+                return 0;
         for (uint64_t c = 0; c < img->nb_clusters; c++) {
                 if (bit_get(ctx->copied_set, c) && img->refcount[c] != 1)
                         return qcow2_diag(

@@ -64,6 +64,7 @@ typedef struct Qcow2Info {
         uint64_t compressed_clusters;
         uint64_t l2_tables;
         uint64_t leaked_clusters; /* refcount > references */
+        uint64_t stale_refcounts; /* refcount < references (only with .live; else refused) */
         uint32_t snapshots;
         uint32_t bitmaps;
         bool extended_l2;
@@ -81,6 +82,14 @@ typedef struct Qcow2Info {
 
 typedef struct Qcow2InspectOptions {
         bool scan; /* read data clusters to count the all-zero ones */
+        /*
+         * The image may be open in a running VM (read it without locks): its refcounts may
+         * lag behind its L2 tables (lazy refcounts, the dirty bit, a write in flight). Such
+         * clusters are counted in stale_refcounts instead of refusing the walk, and the
+         * image is reported not compactable; every other inconsistency still ends the walk
+         * (then only the header's figures are filled in).
+         */
+        bool live;
         Qcow2ProgressFn progress;
         void *userdata;
 } Qcow2InspectOptions;

@@ -868,7 +868,10 @@ static const Verb verbs[] = {
         { "inspect", verb_inspect, "Show an image's allocation and what compaction would reclaim" },
         { "compact", verb_compact, "Compact a stopped VM's qcow2 disks (or one image) in place" },
         { "list", verb_list, "List the VMs found in vms.d, libvirt and Proxmox configuration" },
-        { "status", verb_status_vm, "Show a VM's guest reports, pending disks and compactions" },
+        { "status",
+          verb_status,
+          "Show per storage how over-allocated the host is (--check); or one VM" },
+        { "metrics", verb_metrics, "Print the status figures for Prometheus (--textfile DIR)" },
         { "reclaim", verb_reclaim, "Ask a running VM's guest agent to free its space now" },
         { "jobs", verb_jobs, "List reclaimd's queued and running compactions" },
         { "cancel", verb_cancel, "Cancel one of reclaimd's compaction jobs" },
@@ -885,7 +888,8 @@ static void print_help(FILE *f) {
                 "\ncompact VM, status VM, list go through reclaimd when it runs (--no-daemon: never);\n"
                 "reclaim, jobs and cancel need it.\n"
                 "\nExit status: 0 done, 1 error, 2 usage, 3 image in use, 4 image refused\n"
-                "(for a VM, the worst over its disks: 1, then 4, then 3).\n"
+                "(for a VM, the worst over its disks: 1, then 4, then 3), 5 status --check:\n"
+                "a threshold is crossed.\n"
                 "See reclaimctl(1).\n");
 }
 

@@ -18,6 +18,7 @@ enum {
         EXIT_USAGE = 2,
         EXIT_IN_USE = 3,
         EXIT_REFUSED = 4,
+        EXIT_THRESHOLD = 5, /* status --check: a threshold is crossed */
 };
 
 /* Global options (NULL: the defaults under / or arg_root). */
@@ -86,3 +87,9 @@ int verb_status_vm(int argc, char *argv[]);
 int verb_reclaim(int argc, char *argv[]);
 int verb_jobs(int argc, char *argv[]);
 int verb_cancel(int argc, char *argv[]);
+
+/* ---- reclaimctl-status.c: host-wide figures (issue #7) ---- */
+
+/* status [--json] [--check] [--scan]; with one VM argument: verb_status_vm(). */
+int verb_status(int argc, char *argv[]);
+int verb_metrics(int argc, char *argv[]);

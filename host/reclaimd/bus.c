@@ -22,7 +22,10 @@
  *   ListJobs() -> a(ussssttt)            id, vm, image, state, phase, done, total, gain
  *   CancelJob(u id)
  *   Reload()
- * Properties: Version s, NVMs u, NConnected u, NPendingDisks u, NRunningJobs u, NQueuedJobs u
+ *   RefreshStatus()                      collect the status figures again (in a child)
+ * Properties: Version s, NVMs u, NConnected u, NPendingDisks u, NRunningJobs u, NQueuedJobs u;
+ *   the figures of `reclaimctl status` (status-refresh.c): StatusTime t (s since the epoch,
+ *   0: none yet), Storages a(ssstttttttttdas), Images a(sssstttttttbas), StatusJSON s
  * Signals: JobNew(u s s), JobProgress(u s t t), JobRemoved(u s s s i t s) (id, vm, image,
  *   result "done"|"in-use"|"refused"|"failed"|"timeout"|"cancelled"|"window-closed", exit status,
  * bytes reclaimed, the helper's JSON), GuestReport(s t u), GuestProgress(s s t t).
@@ -191,7 +194,7 @@ static int method_get_vm(sd_bus_message *msg, void *userdata, sd_bus_error *erro
                         "(sbttttsu)",
                         safe_string(d->path),
                         (int) d->pending,
-                        vm_disk_expected_gain(d),
+                        vm_disk_expected_gain(vm, d),
                         d->report_time,
                         d->last_compact_time,
                         d->last_compact_gain,
@@ -510,6 +513,197 @@ static int property_count(
         return sd_bus_message_append(reply, "u", v);
 }
 
+/* A json number member as a double (NaN when null or missing). */
+static double json_double_of(json_object *o, const char *key) {
+        json_object *v;
+
+        if (!o || !json_object_object_get_ex(o, key, &v) ||
+            !(json_object_is_type(v, json_type_double) || json_object_is_type(v, json_type_int)))
+                return __builtin_nan("");
+        return json_object_get_double(v);
+}
+
+static const char *json_string_of(json_object *o, const char *key) {
+        json_object *v;
+
+        if (!o || !json_object_object_get_ex(o, key, &v) ||
+            !json_object_is_type(v, json_type_string))
+                return "";
+        return safe_string(json_object_get_string(v));
+}
+
+/* The "storages" array of the last status document, or NULL. */
+static json_object *status_storages(const Manager *m) {
+        json_object *a;
+
+        if (!m->status_json || !json_object_object_get_ex(m->status_json, "storages", &a) ||
+            !json_object_is_type(a, json_type_array))
+                return NULL;
+        return a;
+}
+
+static int append_warnings(sd_bus_message *reply, json_object *o) {
+        json_object *w;
+        int r;
+
+        r = sd_bus_message_open_container(reply, 'a', "s");
+        if (r < 0)
+                return r;
+        if (o && json_object_object_get_ex(o, "warnings", &w) &&
+            json_object_is_type(w, json_type_array))
+                for (size_t i = 0; i < json_object_array_length(w); i++) {
+                        json_object *e = json_object_array_get_idx(w, i);
+
+                        if (json_object_is_type(e, json_type_string)) {
+                                r = sd_bus_message_append(
+                                        reply, "s", safe_string(json_object_get_string(e)));
+                                if (r < 0)
+                                        return r;
+                        }
+                }
+        return sd_bus_message_close_container(reply);
+}
+
+/* Storages: a(ssstttttttttdas): mount point, source, fstype, capacity, used, free, virtual,
+ * file, allocated, reclaimable, growth, shortfall, over-allocation ratio (NaN: no capacity),
+ * warnings. */
+static int property_storages(
+        sd_bus *bus,
+        const char *path,
+        const char *interface,
+        const char *property,
+        sd_bus_message *reply,
+        void *userdata,
+        sd_bus_error *error) {
+        json_object *a = status_storages(userdata);
+        int r;
+
+        r = sd_bus_message_open_container(reply, 'a', "(ssstttttttttdas)");
+        for (size_t i = 0; r >= 0 && a && i < json_object_array_length(a); i++) {
+                json_object *s = json_object_array_get_idx(a, i);
+
+                r = sd_bus_message_open_container(reply, 'r', "ssstttttttttdas");
+                if (r >= 0)
+                        r = sd_bus_message_append(
+                                reply,
+                                "ssstttttttttd",
+                                json_string_of(s, "storage"),
+                                json_string_of(s, "source"),
+                                json_string_of(s, "fstype"),
+                                json_u64_of(s, "capacity_bytes"),
+                                json_u64_of(s, "used_bytes"),
+                                json_u64_of(s, "free_bytes"),
+                                json_u64_of(s, "virtual_bytes"),
+                                json_u64_of(s, "file_bytes"),
+                                json_u64_of(s, "allocated_bytes"),
+                                json_u64_of(s, "reclaimable_bytes"),
+                                json_u64_of(s, "growth_bytes"),
+                                json_u64_of(s, "shortfall_bytes"),
+                                json_double_of(s, "over_allocation_ratio"));
+                if (r >= 0)
+                        r = append_warnings(reply, s);
+                if (r >= 0)
+                        r = sd_bus_message_close_container(reply);
+        }
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        return r;
+}
+
+/* Images: a(sssstttttttbas): VM, disk, image, storage, virtual size, file size, allocated,
+ * reclaimable, guest-reported bytes, last compaction time (s since the epoch, 0 never) and
+ * gain, in use, warnings. */
+static int property_images(
+        sd_bus *bus,
+        const char *path,
+        const char *interface,
+        const char *property,
+        sd_bus_message *reply,
+        void *userdata,
+        sd_bus_error *error) {
+        json_object *a = status_storages(userdata);
+        int r;
+
+        r = sd_bus_message_open_container(reply, 'a', "(sssstttttttbas)");
+        for (size_t i = 0; r >= 0 && a && i < json_object_array_length(a); i++) {
+                json_object *s = json_object_array_get_idx(a, i), *disks, *v;
+
+                if (!json_object_object_get_ex(s, "disks", &disks) ||
+                    !json_object_is_type(disks, json_type_array))
+                        continue;
+                for (size_t k = 0; r >= 0 && k < json_object_array_length(disks); k++) {
+                        json_object *d = json_object_array_get_idx(disks, k);
+
+                        r = sd_bus_message_open_container(reply, 'r', "sssstttttttbas");
+                        if (r >= 0)
+                                r = sd_bus_message_append(
+                                        reply,
+                                        "sssstttttttb",
+                                        json_string_of(d, "vm"),
+                                        json_string_of(d, "disk"),
+                                        json_string_of(d, "image"),
+                                        json_string_of(s, "storage"),
+                                        json_u64_of(d, "virtual_size"),
+                                        json_u64_of(d, "file_size"),
+                                        json_u64_of(d, "allocated_bytes"),
+                                        json_u64_of(d, "reclaimable_bytes"),
+                                        json_u64_of(d, "guest_reported_bytes"),
+                                        json_u64_of(d, "last_compaction_time"),
+                                        json_u64_of(d, "last_compaction_gain"),
+                                        (int) (json_object_object_get_ex(d, "in_use", &v) &&
+                                               json_object_get_boolean(v)));
+                        if (r >= 0)
+                                r = append_warnings(reply, d);
+                        if (r >= 0)
+                                r = sd_bus_message_close_container(reply);
+                }
+        }
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        return r;
+}
+
+static int property_status_time(
+        sd_bus *bus,
+        const char *path,
+        const char *interface,
+        const char *property,
+        sd_bus_message *reply,
+        void *userdata,
+        sd_bus_error *error) {
+        Manager *m = userdata;
+
+        return sd_bus_message_append(reply, "t", json_u64_of(m->status_json, "time"));
+}
+
+static int property_status_json(
+        sd_bus *bus,
+        const char *path,
+        const char *interface,
+        const char *property,
+        sd_bus_message *reply,
+        void *userdata,
+        sd_bus_error *error) {
+        Manager *m = userdata;
+        const char *s = m->status_json ?
+                json_object_to_json_string_ext(m->status_json, JSON_C_TO_STRING_PLAIN) :
+                "";
+
+        return sd_bus_message_append(reply, "s", safe_string(s));
+}
+
+static int method_refresh_status(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        int r;
+
+        r = check_caller(msg, error);
+        if (r != 0)
+                return r;
+        r = manager_refresh_status(userdata);
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, r, "Cannot collect the status figures: %m");
+        return sd_bus_reply_method_return(msg, NULL);
+}
+
 static const sd_bus_vtable manager_vtable[] = {
         SD_BUS_VTABLE_START(0),
         SD_BUS_PROPERTY("Version", "s", property_version, 0, SD_BUS_VTABLE_PROPERTY_CONST),
@@ -520,6 +714,32 @@ static const sd_bus_vtable manager_vtable[] = {
         SD_BUS_PROPERTY(
                 "NRunningJobs", "u", property_count, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("NQueuedJobs", "u", property_count, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY(
+                "StatusTime",
+                "t",
+                property_status_time,
+                0,
+                SD_BUS_VTABLE_PROPERTY_EMITS_INVALIDATION),
+        SD_BUS_PROPERTY(
+                "Storages",
+                "a(ssstttttttttdas)",
+                property_storages,
+                0,
+                SD_BUS_VTABLE_PROPERTY_EMITS_INVALIDATION),
+        SD_BUS_PROPERTY(
+                "Images",
+                "a(sssstttttttbas)",
+                property_images,
+                0,
+                SD_BUS_VTABLE_PROPERTY_EMITS_INVALIDATION),
+        SD_BUS_PROPERTY(
+                "StatusJSON",
+                "s",
+                property_status_json,
+                0,
+                SD_BUS_VTABLE_PROPERTY_EMITS_INVALIDATION),
+        SD_BUS_METHOD_WITH_ARGS(
+                "RefreshStatus", SD_BUS_NO_ARGS, SD_BUS_NO_RESULT, method_refresh_status, 0),
         SD_BUS_METHOD_WITH_ARGS(
                 "ListVMs",
                 SD_BUS_NO_ARGS,
@@ -696,6 +916,19 @@ void bus_emit_guest_progress(
                 mount_point,
                 done,
                 total);
+}
+
+void bus_emit_status_changed(Manager *m) {
+        if (m->bus)
+                (void) sd_bus_emit_properties_changed(
+                        m->bus,
+                        BUS_PATH,
+                        BUS_INTERFACE,
+                        "StatusTime",
+                        "Storages",
+                        "Images",
+                        "StatusJSON",
+                        NULL);
 }
 
 void bus_emit_counts_changed(Manager *m) {

@@ -127,11 +127,24 @@ static VmDisk *vm_find_disk(Vm *vm, const char *path) {
         return NULL;
 }
 
-uint64_t vm_disk_expected_gain(const VmDisk *d) {
+uint64_t vm_disk_expected_gain(const Vm *vm, const VmDisk *d) {
+        uint64_t gain = 0;
+        json_object *img;
+
         /* a report older than the last compaction was already acted on */
-        if (d->report_time == 0 || d->report_time <= d->last_compact_time)
-                return 0;
-        return d->reported_bytes;
+        if (d->report_time != 0 && d->report_time > d->last_compact_time)
+                gain = d->reported_bytes;
+        /* the metadata estimate (or a cached data scan) of the last status figures, if they
+         * were collected after the last compaction and the image is not in use */
+        img = vm ? manager_status_image(vm->manager, d->path) : NULL;
+        if (img &&
+            json_u64_of(vm->manager->status_json, "time") * USEC_PER_SEC > d->last_compact_time) {
+                json_object *v;
+
+                if (!json_object_object_get_ex(img, "in_use", &v) || !json_object_get_boolean(v))
+                        gain = MAX(gain, json_u64_of(img, "reclaimable_bytes"));
+        }
+        return gain;
 }
 
 bool vm_disk_worth_compacting(const Vm *vm, const VmDisk *d) {
@@ -140,7 +153,7 @@ bool vm_disk_worth_compacting(const Vm *vm, const VmDisk *d) {
                 vm->manager->config.min_gain;
         struct stat st;
 
-        uint64_t gain = vm_disk_expected_gain(d);
+        uint64_t gain = vm_disk_expected_gain(vm, d);
 
         switch (g.kind) {
         case REGISTRY_MIN_GAIN_BYTES:
@@ -353,6 +366,7 @@ static int job_child_cb(sd_event_source *s, const siginfo_t *si, void *userdata)
         job_unlink(m, j);
         job_finish(j, si);
         job_free(j);
+        (void) manager_refresh_status(m); /* the image's figures changed */
         manager_update_status(m);
         (void) manager_schedule(m);
         return 0;
@@ -377,7 +391,7 @@ static Job *job_new(Manager *m, const Vm *vm, const VmDisk *d, JobOrigin origin,
         j->state = JOB_QUEUED;
         j->origin = origin;
         j->force = force;
-        j->expected_gain = vm_disk_expected_gain(d);
+        j->expected_gain = vm_disk_expected_gain(vm, d);
         j->vm_name = strdup(vm->name);
         j->image = strdup(d->path);
         if (!j->vm_name || !j->image)
@@ -558,7 +572,7 @@ static int collect_candidates(Manager *m, bool all, Candidate **ret) {
                         if (d->refused || manager_job_running(m, d->path))
                                 continue;
                         if (all ? !vm_disk_worth_compacting(vm, d) ||
-                                            vm_disk_expected_gain(d) == 0 :
+                                            vm_disk_expected_gain(vm, d) == 0 :
                                   !d->pending)
                                 continue;
                         if (n == cap) {
@@ -572,7 +586,7 @@ static int collect_candidates(Manager *m, bool all, Candidate **ret) {
                                 }
                                 c = nc;
                         }
-                        c[n++] = (Candidate){ vm, d, vm_disk_expected_gain(d) };
+                        c[n++] = (Candidate){ vm, d, vm_disk_expected_gain(vm, d) };
                 }
         }
         if (n > 1)

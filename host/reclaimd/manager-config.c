@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * reclaimd.conf: the [daemon] section (docs/man/reclaimd.conf.5). inih reports only the line
+ * reclaimd.conf: the [daemon] section, and [thresholds] through libstatus
+ * (docs/man/reclaimd.conf.5). inih reports only the line
  * of the first error, so the handler keeps the first message and the caller prints it with
  * FILE:LINE.
  */
@@ -16,6 +17,7 @@
 #include "macro.h"
 #include "manager.h"
 #include "size.h"
+#include "status.h"
 
 int manager_config_init(ManagerConfig *c, const char *state_dir, const char *reclaimctl) {
         _cleanup_free_ char *s = NULL, *r = NULL;
@@ -175,6 +177,14 @@ static int config_handler(void *user, const char *section, const char *key, cons
         uint64_t v;
         bool b;
 
+        if (strcmp(section, "thresholds") == 0) {
+                char error[256];
+
+                /* one parser for both programs: reclaimctl status reads the same keys */
+                if (status_thresholds_set(&c->thresholds, key, value, error, sizeof(error)) < 0)
+                        return config_error(p, "%s", error);
+                return 1;
+        }
         if (strcmp(section, "daemon") != 0)
                 return config_error(p, "key '%s' outside the [daemon] section", key);
 

@@ -50,6 +50,8 @@ Manager *manager_free(Manager *m) {
         if (!m)
                 return NULL;
         manager_jobs_abort(m);
+        manager_status_abort(m);
+        m->status_timer = sd_event_source_disable_unref(m->status_timer);
         manager_free_vms(m);
         manager_unwatch(m);
         m->reload_timer = sd_event_source_disable_unref(m->reload_timer);
@@ -234,6 +236,14 @@ static int on_retry(sd_event_source *s, uint64_t usec, void *userdata) {
         return 0;
 }
 
+static int on_status_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+
+        (void) manager_refresh_status(m);
+        (void) sd_event_source_set_time_relative(s, STATUS_REFRESH_USEC);
+        return 0;
+}
+
 static int on_reload_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         Manager *m = userdata;
 
@@ -322,6 +332,7 @@ int manager_new(ManagerConfig *config, RegistryPaths *paths, Manager **ret) {
         m = calloc(1, sizeof(*m));
         if (!m)
                 return -ENOMEM;
+        m->status_fd = -1;
 
         r = sd_event_default(&m->event);
         if (r < 0)
@@ -372,6 +383,13 @@ int manager_startup(Manager *m) {
         r = manager_watch_registry(m);
         if (r < 0)
                 log_warning_errno(r, "Cannot watch the VM configuration (reload with SIGHUP): %m");
+        /* the status figures: now (in a child), then every STATUS_REFRESH_USEC */
+        r = sd_event_add_time_relative(
+                m->event, &m->status_timer, CLOCK_MONOTONIC, 0, USEC_PER_SEC, on_status_timer, m);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(m->status_timer, SD_EVENT_ON);
+        if (r < 0)
+                log_warning_errno(r, "Cannot schedule the status figures: %m");
         return manager_schedule(m);
 }
 
@@ -426,8 +444,10 @@ int manager_reload(Manager *m) {
         (void) sd_notify(false, "RELOADING=1");
         manager_reload_config(m);
         r = manager_load_vms(m);
-        if (r >= 0)
+        if (r >= 0) {
                 (void) manager_watch_registry(m); /* directories may have appeared */
+                (void) manager_refresh_status(m); /* VMs may have come or gone */
+        }
         (void) sd_notify(false, "READY=1");
         if (r < 0)
                 return r;

@@ -15,10 +15,12 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <json-c/json.h>
 #include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
 
 #include "registry.h"
+#include "status.h"
 #include "token-bucket.h"
 
 #define USEC_PER_SEC UINT64_C(1000000)
@@ -40,6 +42,10 @@
 #define JOB_PROGRESS_SIGNAL_USEC (250 * UINT64_C(1000))
 /* Registry files changed: reload after they have been quiet this long. */
 #define RELOAD_DELAY_USEC (500 * UINT64_C(1000))
+/* The status figures (status-refresh.c): how often, how long at most, how big at most. */
+#define STATUS_REFRESH_USEC (300 * USEC_PER_SEC)
+#define STATUS_TIMEOUT_USEC (600 * USEC_PER_SEC)
+#define STATUS_JSON_MAX (64u << 20)
 /* The most jobs that may wait in the queue (Compact/CompactAll requests). */
 #define JOB_QUEUE_MAX 4096u
 
@@ -72,6 +78,7 @@ typedef struct ManagerConfig {
          * local midnight (the window may wrap past midnight); -1: any time */
         int window_start;
         int window_end;
+        StatusThresholds thresholds; /* [thresholds]: for the status figures */
 } ManagerConfig;
 
 typedef struct VmDisk {
@@ -157,6 +164,14 @@ struct Manager {
         uint32_t bus_counts[5]; /* the count properties last announced */
         char *config_path;      /* reclaimd.conf, re-read on reload; NULL: none */
         bool config_missing_ok;
+        /* the status figures: the last document, and the child collecting the next one */
+        json_object *status_json;
+        pid_t status_pid;
+        int status_fd;
+        char *status_buf;
+        size_t status_len, status_cap;
+        bool status_again;
+        sd_event_source *status_child, *status_out, *status_timeout, *status_timer;
         sd_event_source *reload_timer; /* debounces inotify events */
         sd_event_source **watches;     /* inotify watches of the registry directories */
         size_t n_watches;
@@ -231,6 +246,20 @@ int manager_watch_registry(Manager *m);
 /* Whether automatic compactions may start now (inside the window, or no window set). */
 bool manager_in_window(const Manager *m);
 
+/* ---- status-refresh.c ---- */
+
+/* Starts collecting the status figures in a child (or remembers to, when one runs). 0/-errno. */
+int manager_refresh_status(Manager *m);
+
+/* Kills a running collection and drops the figures. */
+void manager_status_abort(Manager *m);
+
+/* The last status document's object for the image at path (borrowed), or NULL. */
+json_object *manager_status_image(const Manager *m, const char *path);
+
+/* A non-negative integer member of o, else 0. */
+uint64_t json_u64_of(json_object *o, const char *key);
+
 /* ---- bus.c ---- */
 
 /*
@@ -249,6 +278,7 @@ void bus_emit_guest_report(Manager *m, const Vm *vm);
 void bus_emit_guest_progress(
         Manager *m, const Vm *vm, const char *mount_point, uint64_t done, uint64_t total);
 void bus_emit_counts_changed(Manager *m);
+void bus_emit_status_changed(Manager *m);
 
 /* ---- guest-channel.c ---- */
 
@@ -320,8 +350,12 @@ int manager_enqueue_all(Manager *m, bool window, uint32_t **ret_ids);
  * The disk is no longer pending. Returns 0 or -ENOENT. */
 int manager_cancel_job(Manager *m, uint32_t id);
 
-/* The gain a compaction of d is expected to bring (0: unknown or already compacted since). */
-uint64_t vm_disk_expected_gain(const VmDisk *d);
+/*
+ * The gain a compaction of vm's disk d is expected to bring: the larger of the last guest
+ * report and the status figures' estimate, each only when newer than the last compaction
+ * (0: unknown, or compacted since).
+ */
+uint64_t vm_disk_expected_gain(const Vm *vm, const VmDisk *d);
 
 /* Whether disk d of vm passes the min_gain policy (the VM's own, else the daemon's). */
 bool vm_disk_worth_compacting(const Vm *vm, const VmDisk *d);

@@ -10,7 +10,8 @@
 #   - jobs and cancel on a helper held at its start (a queued and a running job);
 #   - a user other than root is refused by the bus policy;
 #   - a new file in vms.d is picked up without SIGHUP (inotify);
-#   - status VM through the daemon and, once it is stopped, from its state files.
+#   - status VM through the daemon and, once it is stopped, from its state files;
+#   - the status figures (Storages, Images, StatusTime, StatusJSON) refreshed after a job.
 # shellcheck source=tests/reclaimd/functions.sh
 source "$(dirname "$0")/functions.sh"
 requires setpriv
@@ -68,6 +69,28 @@ check_image vm-101
 wait_for "JobRemoved on the bus" grep -q 'Member=JobRemoved' "$T/monitor.log"
 grep -q 'Member=JobNew' "$T/monitor.log" || fail "no JobNew signal"
 grep -q 'Member=JobProgress' "$T/monitor.log" || fail "no JobProgress signal"
+# --- the status figures as properties: refreshed after the compaction, vm-101's new size
+status_prop_ok() {
+        busctl --json=short get-property org.reclaim.Manager1 /org/reclaim/Manager1 \
+                org.reclaim.Manager1 StatusJSON >"$T/status-prop.json" 2>/dev/null || return 1
+        python3 - "$T/status-prop.json" "$(img_of vm-101)" "$(file_size "$(img_of vm-101)")" <<'PY'
+import json, sys
+doc = json.loads(json.load(open(sys.argv[1]))["data"] or "{}")
+disks = [d for s in doc.get("storages", []) for d in s["disks"]]
+d = [d for d in disks if d["image"] == sys.argv[2]]
+sys.exit(0 if len(disks) == 3 and d and d[0]["file_size"] == int(sys.argv[3]) and d[0]["last_compaction_time"] else 1)
+PY
+}
+wait_for "StatusJSON with vm-101's compacted size" status_prop_ok
+busctl get-property org.reclaim.Manager1 /org/reclaim/Manager1 org.reclaim.Manager1 Images >"$T/images"
+grep -q '"vm-101"' "$T/images" && grep -q '"vm-102"' "$T/images" || fail "Images property: $(cat "$T/images")"
+busctl get-property org.reclaim.Manager1 /org/reclaim/Manager1 org.reclaim.Manager1 Storages >"$T/storages"
+grep -q '^a(ssstttttttttdas) 1 ' "$T/storages" || fail "Storages property: $(cat "$T/storages")"
+[[ "$(busctl get-property org.reclaim.Manager1 /org/reclaim/Manager1 org.reclaim.Manager1 StatusTime)" != "t 0" ]] ||
+        fail "StatusTime is 0"
+busctl call org.reclaim.Manager1 /org/reclaim/Manager1 org.reclaim.Manager1 RefreshStatus ||
+        fail "RefreshStatus"
+
 # --- status VM through the daemon
 "$RECLAIMCTL" --root "$T/root" status vm-101 --json >"$T/status.json" || fail "status vm-101"
 python3 -c 'import json,sys; o=json.load(open(sys.argv[1])); d=o["disks"][0]

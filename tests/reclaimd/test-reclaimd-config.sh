@@ -1,7 +1,7 @@
 #!/bin/bash
 # SPDX-License-Identifier: LGPL-2.1-or-later
-# A bad reclaimd.conf line is reported as FILE:LINE with exit status 2; a damaged state file
-# is logged and rebuilt, never fatal.
+# A bad reclaimd.conf line ([daemon] or [thresholds]) is reported as FILE:LINE with exit
+# status 2; a damaged state file is logged and rebuilt, never fatal.
 # shellcheck source=tests/reclaimd/functions.sh
 source "$(dirname "$0")/functions.sh"
 
@@ -20,6 +20,8 @@ check_bad_conf 3 "max_concurrent = 0"
 check_bad_conf 3 "min_gain = lots"
 check_bad_conf 3 "no_such_key = 1"
 check_bad_conf 3 "job_timeout = -5"
+check_bad_conf 4 $'[thresholds]\nover_allocation_ratio = lots'
+check_bad_conf 4 $'[thresholds]\nno_such_threshold = 1'
 rc=0
 "$RECLAIMD" --config "$T/none.conf" --root "$T/root" >"$T/bad.log" 2>&1 || rc=$?
 [[ $rc -eq 2 ]] || fail "a missing --config file: exit $rc, expected 2"
@@ -30,7 +32,8 @@ rc=0
 # 2. a damaged state file is rebuilt
 mkdir -p "$T/state/vms"
 printf '{"vm": "vm-101", "disks": [ {"image": ' >"$T/state/vms/vm-101.json"
-conf "min_gain = 1M"
+# (and the [thresholds] section reclaimctl status reads is accepted)
+conf "min_gain = 1M" "[thresholds]" "over_allocation_ratio = 3" "min_free_percent = 10"
 daemon_start
 valid_state() {
         python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$T/state/vms/vm-101.json" \

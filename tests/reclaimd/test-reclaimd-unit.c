@@ -75,6 +75,12 @@ static void test_config_lines(void **state) {
                 { "[daemon]\nwindow = 01:00\n", -EINVAL },
                 { "[daemon]\nwindow = 01:00-05:00x\n", -EINVAL },
                 { "[daemon]\nwindow = -\n", -EINVAL },
+                { "[thresholds]\nover_allocation_ratio = 2.5\nmin_free_percent = 10\n", 0 },
+                { "[daemon]\nmax_concurrent = 1\n[thresholds]\nreclaimable_bytes = 100G\n", 0 },
+                { "[thresholds]\nreclaimable_percent = 30\n", 0 },
+                { "[thresholds]\nover_allocation_ratio = lots\n", -EINVAL },
+                { "[thresholds]\nmin_free_percent = 101\n", -EINVAL },
+                { "[thresholds]\nmax_concurrent = 1\n", -EINVAL },
         };
         char path[256];
 
@@ -119,6 +125,18 @@ static void test_config_values(void **state) {
         assert_int_equal(manager_config_load(&c, path, false), 0);
         assert_int_equal(c.window_start, 22 * 60 + 30);
         assert_int_equal(c.window_end, 6 * 60);
+        manager_config_done(&c);
+
+        write_file(
+                path,
+                "[thresholds]\nover_allocation_ratio = 2.5\nmin_free_percent = 10\n"
+                "reclaimable_bytes = 1G\nreclaimable_percent = 30\n");
+        assert_int_equal(manager_config_init(&c, "/s", "/r"), 0);
+        assert_int_equal(manager_config_load(&c, path, false), 0);
+        assert_true(c.thresholds.over_allocation_ratio == 2.5);
+        assert_int_equal(c.thresholds.min_free_percent, 10);
+        assert_int_equal(c.thresholds.reclaimable_bytes, 1u << 30);
+        assert_int_equal(c.thresholds.reclaimable_percent, 30);
         manager_config_done(&c);
 
         /* missing file: fine only when allowed */
