@@ -139,12 +139,16 @@ static void image_text(const StatusImage *im, const Widths *cw, FILE *f) {
         else
                 snprintf(last, sizeof(last), "never");
         if (im->report_time_usec)
+                /* the report's own figure; "compacted since" when the last compaction acted
+                 * on it (then it no longer counts in the reclaimable estimate) */
                 snprintf(
                         report,
                         sizeof(report),
-                        "%s (%s freed)",
+                        "%s (%s freed%s)",
                         format_time(t2, sizeof(t2), im->report_time_usec),
-                        format_bytes(rb, sizeof(rb), im->reported_bytes));
+                        format_bytes(rb, sizeof(rb), im->report_bytes),
+                        im->report_time_usec <= im->last_compaction_usec ? ", compacted since" :
+                                                                           "");
         else
                 snprintf(report, sizeof(report), "none");
         warnings_text(w, sizeof(w), im->warnings);

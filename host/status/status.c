@@ -331,6 +331,7 @@ static void image_apply_state(StatusImage *im, json_object *disk) {
         im->last_compaction_usec = json_u64(disk, "last_compaction_time");
         im->last_compaction_gain = json_u64(disk, "last_compaction_gain");
         im->report_time_usec = json_u64(disk, "report_time");
+        im->report_bytes = json_u64(disk, "reported_bytes");
         if (json_object_object_get_ex(disk, "pending", &v))
                 pending = json_object_get_boolean(v);
         /* a report older than the last compaction was already acted on */

@@ -98,6 +98,7 @@ typedef struct StatusImage {
 
         /* from reclaimd's state file (0: not known) */
         uint64_t reported_bytes;   /* freed by the guest since the last compaction */
+        uint64_t report_bytes;     /* what the last report said, even if compacted since */
         uint64_t report_time_usec; /* CLOCK_REALTIME of that report */
         uint64_t last_compaction_usec;
         uint64_t last_compaction_gain;

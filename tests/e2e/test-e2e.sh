@@ -326,6 +326,11 @@ assert o["bytes"] > 0 and o["filesystems"] == 1, o' "$T/reclaim.json" ||
                 fail "reclaimctl status $VM: $(cat "$T/status.log")"
         grep -q "compacted:" "$T/status.log" ||
                 fail "status shows no compaction: $(cat "$T/status.log")"
+        # the host-wide view: the guest's report keeps its figure, marked as acted on
+        "$RECLAIMCTL" --root "$T/root" --state-dir "$STATE" status >"$T/host-status.log" 2>&1 ||
+                fail "reclaimctl status: $(cat "$T/host-status.log")"
+        grep -q "freed, compacted since)" "$T/host-status.log" && ! grep -q "(0 B freed" "$T/host-status.log" ||
+                fail "status shows the report wrongly: $(cat "$T/host-status.log")"
         reclaimd_stop
         sizes
         ((size_after < size_before)) || fail "the file did not shrink"
