@@ -104,21 +104,26 @@ static int range_is_hole(Qcow2Image *img, HoleCache *hc, uint64_t off, uint64_t 
                 return 1;
         if (off >= hc->data_lo && off < hc->data_hi)
                 return 0;
+        /*
+         * SEEK_HOLE first: a candidate run normally starts in data, and then one call gives
+         * the whole data extent. Only a run that starts in a hole needs SEEK_DATA as well.
+         */
+        r = io_next_hole(img->io, off, &h);
+        if (r < 0)
+                return r;
+        if (h > off) {
+                hc->data_lo = off;
+                hc->data_hi = h;
+                return 0;
+        }
         r = io_next_data(img->io, off, &d);
         if (r < 0)
                 return r;
-        if (d > off) {
-                hc->hole_lo = off;
-                hc->hole_hi = d;
-                if (d >= off + len)
-                        return 1;
-        }
-        r = io_next_hole(img->io, d, &h);
-        if (r < 0)
-                return r;
-        hc->data_lo = d;
-        hc->data_hi = MAX(h, d + 1);
-        return 0;
+        if (d <= off)
+                return 0; /* no hole after all (the file changed under us?): read it */
+        hc->hole_lo = off;
+        hc->hole_hi = d;
+        return d >= off + len;
 }
 
 /* 1 if host bytes [off, off+len) read as zeros (past EOF counts as zeros), 0 if not. */
