@@ -638,7 +638,28 @@ typedef struct Recorded {
         size_t prefetches;
         uint64_t prefetch_bytes, max_prefetch;
         uint64_t read_bytes;
+        uint64_t hole_lo; /* the layer reports [hole_lo, EOF) as a hole (0: no holes) */
 } Recorded;
+
+static int rec_next_hole(IoBackend *io, uint64_t off, uint64_t *ret) {
+        Recorded *r = io->userdata;
+        uint64_t size;
+        int k = io_size(io->next, &size);
+        if (k < 0)
+                return k;
+        *ret = r->hole_lo ? MAX(off, r->hole_lo) : size;
+        return 0;
+}
+
+static int rec_next_data(IoBackend *io, uint64_t off, uint64_t *ret) {
+        Recorded *r = io->userdata;
+        uint64_t size;
+        int k = io_size(io->next, &size);
+        if (k < 0)
+                return k;
+        *ret = r->hole_lo && off >= r->hole_lo ? size : off;
+        return 0;
+}
 
 static int rec_pread(IoBackend *io, void *buf, size_t len, uint64_t off) {
         ((Recorded *) io->userdata)->read_bytes += len;
@@ -660,15 +681,18 @@ static const IoOps rec_ops = {
         .name = "record",
         .pread = rec_pread,
         .prefetch = rec_prefetch,
+        .next_data = rec_next_data,
+        .next_hole = rec_next_hole,
         .close = rec_close,
 };
 
 /*
  * Scans (simulated zero pass) an image of n_data 64 KiB data clusters, every 4th all zeros,
  * with a free cluster after every gap_every-th one (0: one contiguous run), and records what
- * the scan announced and read.
+ * the scan announced and read. The last hole_tail clusters of the file are reported as a
+ * hole (they then read as zeros, whatever the memory holds).
  */
-static void scan_recorded(size_t n_data, size_t gap_every, Recorded *rec) {
+static void scan_recorded(size_t n_data, size_t gap_every, size_t hole_tail, Recorded *rec) {
         uint16_t *content = calloc(n_data + 1, sizeof(uint16_t));
         assert_non_null(content);
         for (size_t i = 0; i < n_data; i++)
@@ -685,7 +709,7 @@ static void scan_recorded(size_t n_data, size_t gap_every, Recorded *rec) {
         ZeroPassResult z;
         Opened o;
 
-        *rec = (Recorded){ 0 };
+        *rec = (Recorded){ .hole_lo = hole_tail ? b.len - hole_tail * 65536 : 0 };
         assert_int_equal(io_memory_new(b.data, b.len, &o.io), 0);
         IoBackend *top = io_backend_new(&rec_ops, rec, o.io);
         assert_non_null(top);
@@ -694,7 +718,8 @@ static void scan_recorded(size_t n_data, size_t gap_every, Recorded *rec) {
         assert_int_equal(qcow2_walk(o.img, &diag), 0);
         rec->read_bytes = 0; /* count the scan only */
         assert_int_equal(qcow2_zero_pass(o.img, true, &z), 0);
-        assert_int_equal(z.zero_data_clusters, n_data / 4);
+        size_t live = n_data - hole_tail; /* the hole is at the end: data clusters only */
+        assert_int_equal(z.zero_data_clusters, live / 4 + hole_tail);
         close_mem(&o);
         free(b.data);
         free(content);
@@ -707,16 +732,20 @@ static void test_scan_announces_short_runs_only(void **state) {
          * One contiguous 8 MiB run: read once, never announced (WILLNEED would read it into
          * 4 KiB pages; the sequential reads get the kernel's large-folio read-ahead).
          */
-        scan_recorded(128, 0, &rec);
+        scan_recorded(128, 0, 0, &rec);
         assert_int_equal(rec.prefetches, 0);
         assert_int_equal(rec.read_bytes, 128 * 65536 + 65536); /* + the L2 table */
 
         /* Runs of two clusters between free ones: every run is announced, each on its own. */
-        scan_recorded(128, 2, &rec);
+        scan_recorded(128, 2, 0, &rec);
         assert_int_equal(rec.prefetches, 64);
         assert_int_equal(rec.prefetch_bytes, 128 * 65536);
         assert_int_equal(rec.max_prefetch, 2 * 65536);
         assert_int_equal(rec.read_bytes, 128 * 65536 + 65536); /* + the L2 table */
+
+        /* The last 64 data clusters lie in a hole: zeros, and never read. */
+        scan_recorded(128, 0, 64, &rec);
+        assert_int_equal(rec.read_bytes, 64 * 65536 + 65536);
 }
 
 int main(void) {
