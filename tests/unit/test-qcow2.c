@@ -632,6 +632,122 @@ static void test_preallocated_skipped(void **state) {
         free(b.data);
 }
 
+/* ---- the zero scan's read-ahead announcements ---- */
+
+typedef struct Recorded {
+        size_t prefetches;
+        uint64_t prefetch_bytes, max_prefetch;
+        uint64_t read_bytes;
+        uint64_t hole_lo; /* the layer reports [hole_lo, EOF) as a hole (0: no holes) */
+} Recorded;
+
+static int rec_next_hole(IoBackend *io, uint64_t off, uint64_t *ret) {
+        Recorded *r = io->userdata;
+        uint64_t size;
+        int k = io_size(io->next, &size);
+        if (k < 0)
+                return k;
+        *ret = r->hole_lo ? MAX(off, r->hole_lo) : size;
+        return 0;
+}
+
+static int rec_next_data(IoBackend *io, uint64_t off, uint64_t *ret) {
+        Recorded *r = io->userdata;
+        uint64_t size;
+        int k = io_size(io->next, &size);
+        if (k < 0)
+                return k;
+        *ret = r->hole_lo && off >= r->hole_lo ? size : off;
+        return 0;
+}
+
+static int rec_pread(IoBackend *io, void *buf, size_t len, uint64_t off) {
+        ((Recorded *) io->userdata)->read_bytes += len;
+        return io_next_pread(io, buf, len, off);
+}
+
+static int rec_prefetch(IoBackend *io, uint64_t off, uint64_t len) {
+        Recorded *r = io->userdata;
+        r->prefetches++;
+        r->prefetch_bytes += len;
+        r->max_prefetch = MAX(r->max_prefetch, len);
+        return 0;
+}
+
+static void rec_close(IoBackend *io) {
+}
+
+static const IoOps rec_ops = {
+        .name = "record",
+        .pread = rec_pread,
+        .prefetch = rec_prefetch,
+        .next_data = rec_next_data,
+        .next_hole = rec_next_hole,
+        .close = rec_close,
+};
+
+/*
+ * Scans (simulated zero pass) an image of n_data 64 KiB data clusters, every 4th all zeros,
+ * with a free cluster after every gap_every-th one (0: one contiguous run), and records what
+ * the scan announced and read. The last hole_tail clusters of the file are reported as a
+ * hole (they then read as zeros, whatever the memory holds).
+ */
+static void scan_recorded(size_t n_data, size_t gap_every, size_t hole_tail, Recorded *rec) {
+        uint16_t *content = calloc(n_data + 1, sizeof(uint16_t));
+        assert_non_null(content);
+        for (size_t i = 0; i < n_data; i++)
+                content[i] = i % 4 == 3 ? C_ZEROS : (uint16_t) (1 + i % 200);
+        Spec s = { .cluster_bits = 16,
+                   .refcount_order = 4,
+                   .version = 3,
+                   .virtual_size = (n_data + 1) * 65536, /* the last one unallocated */
+                   .content = content,
+                   .n_content = n_data,
+                   .free_gap_every = gap_every };
+        Built b = build_image(&s);
+        Qcow2Diag diag = { { 0 } };
+        ZeroPassResult z;
+        Opened o;
+
+        *rec = (Recorded){ .hole_lo = hole_tail ? b.len - hole_tail * 65536 : 0 };
+        assert_int_equal(io_memory_new(b.data, b.len, &o.io), 0);
+        IoBackend *top = io_backend_new(&rec_ops, rec, o.io);
+        assert_non_null(top);
+        o.io = top;
+        assert_int_equal(qcow2_open(o.io, 0, &o.img, &diag), 0);
+        assert_int_equal(qcow2_walk(o.img, &diag), 0);
+        rec->read_bytes = 0; /* count the scan only */
+        assert_int_equal(qcow2_zero_pass(o.img, true, &z), 0);
+        size_t live = n_data - hole_tail; /* the hole is at the end: data clusters only */
+        assert_int_equal(z.zero_data_clusters, live / 4 + hole_tail);
+        close_mem(&o);
+        free(b.data);
+        free(content);
+}
+
+static void test_scan_announces_short_runs_only(void **state) {
+        Recorded rec;
+
+        /*
+         * One contiguous 8 MiB run: read once, never announced (WILLNEED would read it into
+         * 4 KiB pages; the sequential reads get the kernel's large-folio read-ahead).
+         */
+        scan_recorded(128, 0, 0, &rec);
+        assert_int_equal(rec.prefetches, 0);
+        assert_int_equal(rec.read_bytes, 128 * 65536 + 65536); /* + the L2 table */
+
+        /* Runs of two clusters between free ones: every run is announced, each on its own. */
+        scan_recorded(128, 2, 0, &rec);
+        assert_int_equal(rec.prefetches, 64);
+        assert_int_equal(rec.prefetch_bytes, 128 * 65536);
+        assert_int_equal(rec.max_prefetch, 2 * 65536);
+        assert_int_equal(rec.read_bytes, 128 * 65536 + 65536); /* + the L2 table */
+
+        /* The last 64 data clusters lie in a hole: zeros, and never read. */
+        scan_recorded(128, 0, 64, &rec);
+        assert_int_equal(rec.read_bytes, 64 * 65536 + 65536);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_refblock_widths),
@@ -644,6 +760,7 @@ int main(void) {
                 cmocka_unit_test(test_leaks_repaired),
                 cmocka_unit_test(test_inspect_and_dry_run_agree),
                 cmocka_unit_test(test_preallocated_skipped),
+                cmocka_unit_test(test_scan_announces_short_runs_only),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
