@@ -90,7 +90,7 @@ int qcow2_inspect(
                         info.scanned = true;
                 }
         }
-        r = qcow2_relocate(img, true, 0, &rr, NULL);
+        r = qcow2_relocate(img, true, false, 0, &rr, NULL);
         if (r >= 0)
                 info.compacted_size_estimate =
                         MIN(offset_of(img, rr.new_end_clusters), img->file_size);
@@ -192,7 +192,7 @@ static int compact_run(
                                 return qcow2_diag(
                                         diag, r, "scanning data clusters failed: %s", strerror(-r));
                 }
-                r = qcow2_relocate(img, true, opts->batch_bytes, &rr, diag);
+                r = qcow2_relocate(img, true, false, opts->batch_bytes, &rr, diag);
                 if (r < 0)
                         return r;
                 img->walked = false;
@@ -234,12 +234,17 @@ static int compact_run(
          */
         for (int pass = 0; pass < MAX_PASSES; pass++) {
                 uint64_t before = img->nb_clusters;
-                if (pass > 0) {
+                /*
+                 * The planner re-packs compressed streams from the walk's list of streams: walk
+                 * again when the zero pass dropped some (or anything else).
+                 */
+                if (pass > 0 || z.clusters_zeroed > 0 || z.l2_tables_freed > 0) {
                         r = qcow2_walk(img, diag);
                         if (r < 0)
                                 return r;
                 }
-                r = qcow2_relocate(img, false, opts->batch_bytes, &rr, diag);
+                r = qcow2_relocate(
+                        img, false, pass == MAX_PASSES - 1, opts->batch_bytes, &rr, diag);
                 if (r < 0)
                         return r;
                 st.clusters_moved += rr.clusters_moved;
@@ -250,7 +255,8 @@ static int compact_run(
                 r = post_check(img, diag);
                 if (r < 0)
                         return r;
-                if (img->nb_clusters >= before || rr.clusters_moved == 0)
+                /* Re-packing below the end frees clusters that only the next pass can use. */
+                if (rr.clusters_moved == 0 || (img->nb_clusters >= before && !rr.optional_freed))
                         break;
         }
 
