@@ -6,7 +6,7 @@
 
 #include "qcow2-internal.h"
 
-#define MAX_PASSES 4
+#define MAX_PASSES 8
 
 static uint64_t count_used(const Qcow2Image *img) {
         uint64_t n = 0;

@@ -395,7 +395,7 @@ int qcow2_relocate(
         RelocResult *ret,
         Qcow2Diag *diag);
 /*
- * After an interrupted run: clusters (data, L2 tables, compressed runs) counted above their
+ * After an interrupted run: clusters (data, L2 tables, compressed streams) counted above their
  * references that have an identical twin are merged into the lower twin, then over-counts of
  * clusters without COPIED semantics are lowered in place. Re-walks when it changed anything.
  */

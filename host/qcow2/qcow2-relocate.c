@@ -8,10 +8,11 @@
  * clusters below N (a fixed point, found by iteration). Clusters >= N are "movers"; each gets a
  * hole below N that a refcount block describes. Contiguous objects move as whole runs into the
  * lowest free run: the L1 tables (active and snapshots), the refcount table, the snapshot table,
- * the bitmap directory and bitmap tables, and runs of compressed clusters that streams join
- * (a stream may run from one cluster into the next; moving the run whole keeps every byte
- * offset inside it, so descriptors only shift by the run's displacement). If the holes do not
- * fit, N grows until they do.
+ * the bitmap directory and bitmap tables. Compressed data counts as its streams packed end to
+ * end: streams that touch a cluster >= N are re-packed one by one, copied byte for byte into
+ * the dead tails of kept compressed clusters and the lowest holes, their descriptors re-encoded
+ * (offset, sectors); runs with dead bytes below N are re-packed when that frees clusters for a
+ * next pass (consolidation). If the holes do not fit, N grows until they do.
  *
  * Execution, per object type, each batch with the leak-only barrier order (DESIGN.md):
  *   (A) raise destination refcounts   (B) write the copies            -> flush
@@ -80,9 +81,11 @@ typedef struct Plan {
         uint8_t *squeued; /* bitmap: in the current batch */
         uint8_t *pdst;    /* bitmap over clusters: planned destination of streams */
         uint8_t *started; /* bitmap over clusters: destination raised and zeroed */
+        uint8_t *ptail;   /* bitmap over clusters: a kept cluster whose dead tail takes streams */
         uint64_t optional_freed;  /* clusters of runs below n re-packed to be freed */
         uint64_t lower_bound;     /* the smallest end the planner can hope for */
         bool no_optional;         /* last pass: no re-packing below the end */
+        bool consolidate;         /* re-pack every run with dead bytes into the whole file */
         uint64_t stream_clusters; /* destination clusters of re-packed streams */
 } Plan;
 
@@ -98,6 +101,7 @@ static void plan_done(Plan *p) {
         p->squeued = mfree(p->squeued);
         p->pdst = mfree(p->pdst);
         p->started = mfree(p->started);
+        p->ptail = mfree(p->ptail);
 }
 
 /* Index of the stream with descriptor range [off, off + len) in img->streams, or SIZE_MAX. */
@@ -259,10 +263,11 @@ static int plan_streams_init(Qcow2Image *img, Plan *p) {
         p->squeued = calloc(DIV_ROUND_UP(ns, 8) + 1, 1);
         p->pdst = calloc(DIV_ROUND_UP(img->nb_clusters, 8) + 1, 1);
         p->started = calloc(DIV_ROUND_UP(img->nb_clusters, 8) + 1, 1);
+        p->ptail = calloc(DIV_ROUND_UP(img->nb_clusters, 8) + 1, 1);
         win = malloc(wcap);
         out = malloc(img->cluster_size);
         if (!p->xlen || !p->sdst || !p->sdlen || !p->scopied || !p->squeued || !p->pdst ||
-            !p->started || !win || !out)
+            !p->started || !p->ptail || !win || !out)
                 return -ENOMEM;
 
         for (size_t i = 0; i < ns; i++) {
@@ -330,6 +335,16 @@ typedef struct Packer {
         uint64_t scan;   /* where the search for fresh holes goes on */
         uint64_t *log;   /* destination clusters taken, in order (for rolling back) */
         size_t nlog, caplog;
+        /*
+         * Dead tails of kept compressed clusters (after the last range that touches them,
+         * sector aligned): new streams go there first, as QEMU packs them. Nothing refers to
+         * those bytes, on disk.
+         */
+        struct {
+                uint64_t cluster, start;
+        } * slots;
+        size_t nslots, sscan;
+        bool use_tails;
 } Packer;
 
 static bool pk_hole(const Qcow2Image *img, const Packer *k, uint64_t c) {
@@ -404,6 +419,27 @@ static int pk_place(Qcow2Image *img, Plan *p, Packer *k, size_t i) {
                 r = pk_try(img, p, k, i, pos);
                 if (r != 0)
                         return r;
+        }
+        /* the dead tail of a kept cluster, lowest first; a slot left behind is not reused */
+        for (size_t q = k->sscan; k->use_tails && q < k->nslots && q < k->sscan + 64; q++) {
+                uint64_t pc = k->pc, pc_sum = k->pc_sum, cur = k->cur;
+                uint64_t c = k->slots[q].cluster, pos = k->slots[q].start;
+                if (c >= k->n)
+                        break;
+                k->pc = c;
+                k->pc_sum = img->refcount[c];
+                k->cur = pos;
+                r = pk_try(img, p, k, i, p->xlen[i] ? pos : pos + a);
+                if (r < 0)
+                        return r;
+                if (r > 0) {
+                        bm_set(p->ptail, c);
+                        k->sscan = q + 1;
+                        return r;
+                }
+                k->pc = pc;
+                k->pc_sum = pc_sum;
+                k->cur = cur;
         }
         uint64_t off0 = p->xlen[i] ? 0 : a;
         uint64_t need = DIV_ROUND_UP(off0 + s->len, img->cluster_size);
@@ -496,6 +532,33 @@ static uint64_t find_holes(const Qcow2Image *img, const uint8_t *taken, uint64_t
  */
 static void packer_done(Packer *k) {
         free(k->log);
+        free(k->slots);
+}
+
+/* The dead tails of the last clusters of runs that lie wholly below the packer's end. */
+static int plan_slots(Qcow2Image *img, Plan *p, Packer *k) {
+        k->nslots = k->sscan = 0;
+        if (p->nb_cruns == 0)
+                return 0;
+        free(k->slots);
+        k->slots = calloc(p->nb_cruns, sizeof(*k->slots));
+        if (!k->slots)
+                return -ENOMEM;
+        for (size_t q = 0; q < p->nb_cruns; q++) {
+                const CRun *cr = &p->cruns[q];
+                uint64_t last = cr->first + cr->n - 1, end = offset_of(img, last + 1), tail = 0;
+                if (last >= k->n)
+                        continue;
+                for (size_t i = cr->s0; i < cr->s1; i++) {
+                        const Stream *s = &img->streams[i];
+                        if (bm_get(p->scopied, i) || stream_last_cluster(img, s) < last)
+                                continue;
+                        tail = MAX(tail, MIN(s->off + s->len, end));
+                }
+                if (tail > 0 && tail + 512 <= end)
+                        k->slots[k->nslots++] = (typeof(*k->slots)){ last, tail };
+        }
+        return 0;
 }
 
 /*
@@ -555,7 +618,8 @@ static int plan_optional(Qcow2Image *img, Plan *p, Packer *k) {
                 return -ENOMEM;
         for (size_t q = 0; q < p->nb_cruns; q++) {
                 CRun *cr = &p->cruns[q];
-                if (cr->first + cr->n <= n && cr->bytes < cr->n * img->cluster_size)
+                if (cr->first + cr->n <= n && cr->bytes < cr->n * img->cluster_size &&
+                    !bm_get(p->ptail, cr->first + cr->n - 1))
                         cand[nc++] = cr;
         }
         if (nc == 0)
@@ -569,8 +633,25 @@ static int plan_optional(Qcow2Image *img, Plan *p, Packer *k) {
          * planner hopes for: the run moves out of the way (into scratch), the next pass brings
          * it down into the clusters it left, next to the others.
          */
-        uint64_t min_gain = n > p->lower_bound ? 0 : 1;
+        uint64_t min_gain = n > p->lower_bound && !p->consolidate ? 0 : 1;
         k->n = img->nb_clusters;
+        if (p->consolidate) {
+                /*
+                 * One contiguous region if the file has one that holds them all: streams only
+                 * leave dead bytes behind where free clusters are not adjacent.
+                 */
+                uint64_t bytes = 0;
+                for (size_t q = 0; q < nc; q++)
+                        bytes += cand[q]->bytes;
+                uint64_t need = DIV_ROUND_UP(bytes, img->cluster_size) + 1;
+                for (uint64_t c = MAX(k->scan, (uint64_t) 1), run = 0; c < k->n; c++) {
+                        run = pk_hole(img, k, c) ? run + 1 : 0;
+                        if (run == need) {
+                                k->scan = c + 1 - need;
+                                break;
+                        }
+                }
+        }
         r = optional_round(img, p, k, cand, nc, min_gain, &freed);
         k->n = n;
         if (r < 0)
@@ -601,6 +682,7 @@ static int64_t plan_try(Qcow2Image *img, Plan *p) {
         Packer *pk = &pks;
         uint64_t n = p->n, hole = 1, cap = 0;
         int64_t rr;
+        int r0;
 
         p->moves = mfree(p->moves);
         p->nb_moves = 0;
@@ -609,6 +691,8 @@ static int64_t plan_try(Qcow2Image *img, Plan *p) {
                 p->sdst[i] = UINT64_MAX;
         if (p->pdst)
                 memset(p->pdst, 0, DIV_ROUND_UP(img->nb_clusters, 8) + 1);
+        if (p->ptail)
+                memset(p->ptail, 0, DIV_ROUND_UP(img->nb_clusters, 8) + 1);
         taken = calloc(DIV_ROUND_UP(MAX(n, img->nb_clusters), 8) + 1, 1);
         if (!taken)
                 return -ENOMEM;
@@ -642,6 +726,10 @@ static int64_t plan_try(Qcow2Image *img, Plan *p) {
          */
         pk->n = n;
         pk->taken = taken;
+        r0 = plan_slots(img, p, pk);
+        if (r0 < 0)
+                return r0;
+        pk->use_tails = true;
         for (size_t r = 0; r < p->nb_cruns; r++) {
                 CRun *cr = &p->cruns[r];
                 if (cr->first + cr->n <= n)
@@ -716,6 +804,7 @@ static int64_t plan_try(Qcow2Image *img, Plan *p) {
                 bm_set(taken, hole);
                 p->moves[p->nb_moves++] = (Move){ .src = c, .dst = hole, .n = 1 };
         }
+        pk->use_tails = false; /* a run re-packed below n may be the one with the tail */
         rr = plan_optional(img, p, pk);
         if (rr < 0)
                 return rr;
@@ -770,6 +859,32 @@ static int plan_make(Qcow2Image *img, Plan *p, bool last_pass) {
         p->lower_bound = p->n;
 
         /*
+         * Compressed runs holding at least a cluster of dead bytes in all are consolidated
+         * first, in a pass of their own, while the file still has its free clusters: every
+         * run with dead bytes is re-packed, densely, into the lowest free clusters of the whole
+         * file. Later passes then find the compressed data dense, whatever order the streams
+         * came in (a re-run after a crash and an uninterrupted run end alike).
+         */
+        uint64_t comp = 0;
+        for (size_t k = 0; k < p->nb_cruns; k++)
+                comp += p->cruns[k].n;
+        if (!last_pass && p->nb_cruns > 0 && comp > DIV_ROUND_UP(packed, img->cluster_size)) {
+                p->n = img->nb_clusters;
+                p->consolidate = true;
+                missing = plan_try(img, p);
+                p->consolidate = false;
+                if (missing < 0)
+                        return (int) missing;
+                if (missing == 0 && p->optional_freed > 0) {
+                        p->nb_moves = 0;
+                        for (size_t k = 0; k < p->nb_runs; k++)
+                                p->runs[k].move = false;
+                        goto cut;
+                }
+                p->n = p->lower_bound;
+        }
+
+        /*
          * If not everything fits, find the smallest end that works: a larger end has fewer
          * movers and more holes, so feasibility only grows with it; search between the lower
          * bound and the current size (which always works: nothing moves).
@@ -819,6 +934,7 @@ static int plan_make(Qcow2Image *img, Plan *p, bool last_pass) {
          * The file ends after the last cluster that stays or receives a mover, which may be
          * below n when runs did not fit: never leave free clusters at the end.
          */
+cut:
         for (uint64_t c = p->n; p->pdst && c < img->nb_clusters; c++)
                 if (bm_get(p->pdst, c))
                         p->n = c + 1; /* scratch for re-packed streams (plan_optional) */
@@ -984,9 +1100,10 @@ stream_raise_and_copy(Qcow2Image *img, Plan *p, Batch *b, uint8_t *buf, RelocRes
                 uint64_t d = p->sdst[i], refs = img->streams[i].refs;
                 for (uint64_t c = cluster_of(img, d); c <= cluster_of(img, d + p->sdlen[i] - 1);
                      c++) {
-                        if (c >= img->nb_clusters || !bm_get(p->pdst, c))
+                        bool tail = bm_get(p->ptail, c);
+                        if (c >= img->nb_clusters || (!bm_get(p->pdst, c) && !tail))
                                 return -EUCLEAN; /* not a destination the planner gave out */
-                        if (!bm_get(p->started, c)) {
+                        if (!bm_get(p->started, c) && !tail) {
                                 if (img->kind[c] != CK_FREE || img->refcount[c] != 0)
                                         return -EUCLEAN;
                                 if (nf == capf) {
@@ -1875,10 +1992,11 @@ static int read_stream(Qcow2Image *img, size_t i, uint8_t *buf) {
 }
 
 /*
- * Streams that touch an over-counted cluster and hold the same bytes (an interrupted re-pack
- * leaves a stream and its copy, each counted in full with part of the references): from the
- * highest down, each is merged into the lowest identical one that has room for its references
- * on every cluster it touches. Fills p's stream arrays (merges need no copy).
+ * Streams that hold the same bytes, one of them in over-counted clusters (an interrupted
+ * re-pack leaves a stream counted exactly with the references not switched yet, and its copy
+ * counted in full with the others): from the highest down, each is merged into the lowest
+ * identical one that has room for its references on every cluster it touches. Fills p's
+ * stream arrays (merges need no copy).
  */
 static int merge_stream_twins(Qcow2Image *img, Plan *p, uint64_t *gain, size_t *ret_merged) {
         _cleanup_free_ SUnit *u = NULL;
@@ -1901,16 +2019,22 @@ static int merge_stream_twins(Qcow2Image *img, Plan *p, uint64_t *gain, size_t *
         if (!p->sdst || !p->sdlen || !p->scopied || !p->squeued || !p->xlen || !u || !a || !b ||
             !out)
                 return -ENOMEM;
+        /*
+         * Only an over-counted cluster has room for more references, but the twin of a stream
+         * in one may lie anywhere (the source of an interrupted re-pack is counted exactly):
+         * when some stream touches an over-counted cluster, every stream is a unit.
+         */
+        bool any = false;
         for (size_t i = 0; i < ns; i++) {
                 const Stream *s = &img->streams[i];
-                bool oc = false;
                 p->sdst[i] = UINT64_MAX;
                 for (uint64_t c = cluster_of(img, s->off);
                      c <= stream_last_cluster(img, s) && c < img->nb_clusters;
                      c++)
-                        oc = oc || bm_get(img->overcounted, c);
-                if (!oc)
-                        continue;
+                        any = any || bm_get(img->overcounted, c);
+        }
+        for (size_t i = 0; any && i < ns; i++) {
+                const Stream *s = &img->streams[i];
                 r = read_stream(img, i, a);
                 if (r < 0)
                         return r;
@@ -1992,7 +2116,7 @@ int qcow2_merge_twins(Qcow2Image *img, uint64_t *ret_merged, Qcow2Diag *diag) {
         units = calloc(img->nb_oc, sizeof(Unit));
         if (!units)
                 return -ENOMEM;
-        /* Units: over-counted data clusters and L2 tables, and compressed runs holding one. */
+        /* Units: over-counted data clusters and L2 tables (streams: merge_stream_twins). */
         for (size_t i = 0; i < img->nb_oc; i++) {
                 uint64_t c = img->oc[i].cluster;
                 ClusterKind k = img->kind[c];
