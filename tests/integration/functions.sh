@@ -231,9 +231,10 @@ check_compact_json() {
 #   (no free cluster at its end, and oracle min_clusters * cluster_size, counted after
 #   compaction), JSON sane, and that the data clusters left are exactly WANT_DATA (and L2
 #   tables WANT_L2, clusters_zeroed WANT_ZEROED when given; "-" skips one).
-#   MIN_KEY=min_clusters_whole in the environment accepts the oracle's smallest size for a
-#   compactor that moves whole clusters into holes (compressed streams that span clusters tie
-#   them into runs that may not fit the holes; see qcow2-oracle.py) instead of min_clusters.
+#   MIN_KEY=min_clusters_packed in the environment asks for the oracle's smallest size with
+#   compressed data counted as its live streams packed end to end (min_clusters_whole: moving
+#   whole clusters into holes; see qcow2-oracle.py) instead of min_clusters. MIN_SLACK=N
+#   accepts up to N clusters above it (a minimum not reachable in place, explained there).
 #   No zero-alloc entry may be left in the active layer (ZERO_ALLOC_LEFT=N in the environment
 #   expects N: those that point at clusters a snapshot still reads are kept by design).
 #   Leaves the oracle's view of the compacted image in $T/after.json.
