@@ -1886,7 +1886,8 @@ int qcow2_relocate(
 
         if (!img->walked)
                 return -EINVAL;
-        r = plan_make(img, &p, last_pass);
+        /* a simulation (dry run, inspect) estimates a plain pass: no re-packing below its end */
+        r = plan_make(img, &p, last_pass || simulate);
         if (r < 0)
                 return qcow2_diag(diag, r, "cannot plan the relocation: %s", strerror(-r));
         res.new_end_clusters = p.n;
