@@ -149,6 +149,8 @@ static int compact_run(
         img->progress_userdata = opts->userdata;
         img->bytes_written = img->flushes = 0;
         st.dry_run = opts->dry_run;
+        img->slen_cache = mfree(img->slen_cache);
+        img->nb_slen_cache = 0;
         st.file_size_before = st.file_size_after = img->file_size;
 
         if (img->refusal_code)
@@ -272,6 +274,11 @@ static int compact_run(
 int qcow2_compact(
         Qcow2Image *img, const Qcow2CompactOptions *opts, Qcow2CompactStats *ret, Qcow2Diag *diag) {
         int r = compact_run(img, opts, ret, diag);
+
+        if (img) {
+                img->slen_cache = mfree(img->slen_cache);
+                img->nb_slen_cache = 0;
+        }
 
         /*
          * A refusal means "untouched". Once something was written, a failure is an error (the

@@ -211,6 +211,14 @@ struct Qcow2Image {
         uint8_t *cjoin;  /* bitmap: a compressed stream runs from cluster c into c+1 */
         Stream *streams; /* distinct compressed streams, sorted by (off, len) */
         size_t nb_streams;
+        /*
+         * Exact stream lengths learnt by an earlier relocation pass of this compaction, by the
+         * range of the descriptor as it is now (a moved stream under its new range), sorted;
+         * .refs holds the exact length, UINT32_MAX when the stream does not decode. Freed at
+         * the start and the end of every compaction.
+         */
+        Stream *slen_cache;
+        size_t nb_slen_cache;
         uint8_t *overcounted; /* bitmap: refcount above the references (kept as is) */
         struct {
                 uint64_t cluster;

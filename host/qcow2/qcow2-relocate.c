@@ -241,6 +241,56 @@ static int collect_runs(Qcow2Image *img, Plan *p) {
         return r;
 }
 
+static const Stream *slen_cache_find(const Qcow2Image *img, uint64_t off, uint64_t len) {
+        size_t lo = 0, hi = img->nb_slen_cache;
+        while (lo < hi) {
+                size_t mid = lo + (hi - lo) / 2;
+                const Stream *s = &img->slen_cache[mid];
+                if (s->off < off || (s->off == off && s->len < len))
+                        lo = mid + 1;
+                else if (s->off > off || s->len > len)
+                        hi = mid;
+                else
+                        return s;
+        }
+        return NULL;
+}
+
+static int cmp_range(const void *a, const void *b) {
+        const Stream *x = a, *y = b;
+        if (x->off != y->off)
+                return x->off < y->off ? -1 : 1;
+        return x->len < y->len ? -1 : x->len > y->len;
+}
+
+/*
+ * After a real pass: remember every stream's exact length under the range its descriptor has
+ * now, so that the next pass of this compaction reads and decodes only streams it has not seen
+ * (the bytes under a range change only by this engine's own moves).
+ */
+static int slen_cache_update(Qcow2Image *img, const Plan *p) {
+        Stream *c;
+        size_t n = 0;
+
+        if (!p->xlen || img->nb_streams == 0)
+                return 0;
+        c = calloc(img->nb_streams, sizeof(Stream));
+        if (!c)
+                return -ENOMEM;
+        for (size_t i = 0; i < img->nb_streams; i++) {
+                const Stream *s = &img->streams[i];
+                bool moved = p->sdst[i] != UINT64_MAX && bm_get(p->scopied, i);
+                c[n++] = (Stream){ .off = moved ? p->sdst[i] : s->off,
+                                   .len = moved ? p->sdlen[i] : s->len,
+                                   .refs = p->xlen[i] ? p->xlen[i] : UINT32_MAX };
+        }
+        qsort(c, n, sizeof(Stream), cmp_range);
+        free(img->slen_cache);
+        img->slen_cache = c;
+        img->nb_slen_cache = n;
+        return 0;
+}
+
 /*
  * Compressed streams: groups them into runs (clusters that streams tie together: a run is
  * either kept or vacated whole) and learns each stream's exact length by decoding it, in
@@ -284,6 +334,11 @@ static int plan_streams_init(Qcow2Image *img, Plan *p) {
                         continue;
                 }
 
+                const Stream *cached = slen_cache_find(img, s->off, s->len);
+                if (cached) {
+                        p->xlen[i] = cached->refs == UINT32_MAX ? 0 : cached->refs;
+                        goto run;
+                }
                 if (s->off < wlo || s->off + s->len > whi) {
                         wlo = s->off;
                         whi = wlo + wcap;
@@ -299,7 +354,7 @@ static int plan_streams_init(Qcow2Image *img, Plan *p) {
                 if (qcow2_stream_length(img, win + (s->off - wlo), s->len, out, &xl) >= 0 &&
                     xl > 0 && xl <= s->len)
                         p->xlen[i] = (uint32_t) xl;
-
+run:
                 if (p->nb_cruns > 0 &&
                     first <= p->cruns[p->nb_cruns - 1].first + p->cruns[p->nb_cruns - 1].n - 1) {
                         CRun *cr = &p->cruns[p->nb_cruns - 1];
@@ -1929,6 +1984,7 @@ int qcow2_relocate(
         STEP(move_refblocks(img, &p, &res), "refcount blocks");
         STEP(move_runs_of(img, &p, RUN_REFTABLE, &res), "the refcount table");
         STEP(release_tail(img, &p, &res), "the tail");
+        STEP(slen_cache_update(img, &p), "the tail");
 #undef STEP
         qcow2_progress(img, "move", 1, 1);
         *ret = res;
