@@ -328,6 +328,8 @@ int qcow2_walk(Qcow2Image *img, Qcow2Diag *diag);
 void qcow2_walk_reset(Qcow2Image *img);
 /* Lowers leaked refcounts (inside and past the file) to the references, on disk. */
 int qcow2_repair_leaks(Qcow2Image *img, uint64_t *ret_repaired);
+/* Orders Streams by offset, then range length (qsort/bsearch comparator). */
+int qcow2_stream_cmp(const void *a, const void *b);
 /* Reads an L2 table (raw, big-endian) into buf (one cluster). */
 int qcow2_read_l2(Qcow2Image *img, uint64_t off, uint8_t *buf);
 

@@ -104,20 +104,21 @@ static void plan_done(Plan *p) {
         p->ptail = mfree(p->ptail);
 }
 
+/* Index of the stream with descriptor range [off, off + len) in a (sorted by range), or SIZE_MAX.
+ */
+static size_t stream_search(const Stream *a, size_t n, uint64_t off, uint64_t len) {
+        const Stream key = { .off = off, .len = (uint32_t) len };
+        const Stream *s;
+
+        if (n == 0 || len > UINT32_MAX)
+                return SIZE_MAX;
+        s = bsearch(&key, a, n, sizeof(Stream), qcow2_stream_cmp);
+        return s ? (size_t) (s - a) : SIZE_MAX;
+}
+
 /* Index of the stream with descriptor range [off, off + len) in img->streams, or SIZE_MAX. */
 static size_t stream_find(const Qcow2Image *img, uint64_t off, uint64_t len) {
-        size_t lo = 0, hi = img->nb_streams;
-        while (lo < hi) {
-                size_t mid = lo + (hi - lo) / 2;
-                const Stream *s = &img->streams[mid];
-                if (s->off < off || (s->off == off && s->len < len))
-                        lo = mid + 1;
-                else if (s->off > off || s->len > len)
-                        hi = mid;
-                else
-                        return mid;
-        }
-        return SIZE_MAX;
+        return stream_search(img->streams, img->nb_streams, off, len);
 }
 
 static uint64_t stream_last_cluster(const Qcow2Image *img, const Stream *s) {
@@ -242,25 +243,8 @@ static int collect_runs(Qcow2Image *img, Plan *p) {
 }
 
 static const Stream *slen_cache_find(const Qcow2Image *img, uint64_t off, uint64_t len) {
-        size_t lo = 0, hi = img->nb_slen_cache;
-        while (lo < hi) {
-                size_t mid = lo + (hi - lo) / 2;
-                const Stream *s = &img->slen_cache[mid];
-                if (s->off < off || (s->off == off && s->len < len))
-                        lo = mid + 1;
-                else if (s->off > off || s->len > len)
-                        hi = mid;
-                else
-                        return s;
-        }
-        return NULL;
-}
-
-static int cmp_range(const void *a, const void *b) {
-        const Stream *x = a, *y = b;
-        if (x->off != y->off)
-                return x->off < y->off ? -1 : 1;
-        return x->len < y->len ? -1 : x->len > y->len;
+        size_t i = stream_search(img->slen_cache, img->nb_slen_cache, off, len);
+        return i == SIZE_MAX ? NULL : &img->slen_cache[i];
 }
 
 /*
@@ -284,7 +268,7 @@ static int slen_cache_update(Qcow2Image *img, const Plan *p) {
                                    .len = moved ? p->sdlen[i] : s->len,
                                    .refs = p->xlen[i] ? p->xlen[i] : UINT32_MAX };
         }
-        qsort(c, n, sizeof(Stream), cmp_range);
+        qsort(c, n, sizeof(Stream), qcow2_stream_cmp);
         free(img->slen_cache);
         img->slen_cache = c;
         img->nb_slen_cache = n;

@@ -144,7 +144,7 @@ static int add_stream(WalkCtx *ctx, uint64_t off, uint64_t len) {
         return 0;
 }
 
-static int cmp_stream(const void *a, const void *b) {
+int qcow2_stream_cmp(const void *a, const void *b) {
         const Stream *x = a, *y = b;
         if (x->off != y->off)
                 return x->off < y->off ? -1 : 1;
@@ -157,9 +157,9 @@ static void merge_streams(WalkCtx *ctx) {
 
         if (ctx->nb_streams == 0)
                 return;
-        qsort(ctx->streams, ctx->nb_streams, sizeof(Stream), cmp_stream);
+        qsort(ctx->streams, ctx->nb_streams, sizeof(Stream), qcow2_stream_cmp);
         for (size_t i = 0; i < ctx->nb_streams; i++) {
-                if (n > 0 && cmp_stream(&ctx->streams[n - 1], &ctx->streams[i]) == 0) {
+                if (n > 0 && qcow2_stream_cmp(&ctx->streams[n - 1], &ctx->streams[i]) == 0) {
                         ctx->streams[n - 1].refs += ctx->streams[i].refs;
                         continue;
                 }
