@@ -6,7 +6,7 @@
 
 #include "qcow2-internal.h"
 
-#define MAX_PASSES 4
+#define MAX_PASSES 8
 
 static uint64_t count_used(const Qcow2Image *img) {
         uint64_t n = 0;
@@ -103,7 +103,7 @@ int qcow2_inspect(
                         info.scanned = true;
                 }
         }
-        r = qcow2_relocate(img, true, 0, &rr, NULL);
+        r = qcow2_relocate(img, true, false, 0, &rr, NULL);
         if (r >= 0)
                 info.compacted_size_estimate =
                         MIN(offset_of(img, rr.new_end_clusters), img->file_size);
@@ -162,6 +162,8 @@ static int compact_run(
         img->progress_userdata = opts->userdata;
         img->bytes_written = img->flushes = 0;
         st.dry_run = opts->dry_run;
+        img->slen_cache = mfree(img->slen_cache);
+        img->nb_slen_cache = 0;
         st.file_size_before = st.file_size_after = img->file_size;
 
         if (img->refusal_code)
@@ -205,7 +207,7 @@ static int compact_run(
                                 return qcow2_diag(
                                         diag, r, "scanning data clusters failed: %s", strerror(-r));
                 }
-                r = qcow2_relocate(img, true, opts->batch_bytes, &rr, diag);
+                r = qcow2_relocate(img, true, false, opts->batch_bytes, &rr, diag);
                 if (r < 0)
                         return r;
                 img->walked = false;
@@ -247,12 +249,17 @@ static int compact_run(
          */
         for (int pass = 0; pass < MAX_PASSES; pass++) {
                 uint64_t before = img->nb_clusters;
-                if (pass > 0) {
+                /*
+                 * The planner re-packs compressed streams from the walk's list of streams: walk
+                 * again when the zero pass dropped some (or anything else).
+                 */
+                if (pass > 0 || z.clusters_zeroed > 0 || z.l2_tables_freed > 0) {
                         r = qcow2_walk(img, diag);
                         if (r < 0)
                                 return r;
                 }
-                r = qcow2_relocate(img, false, opts->batch_bytes, &rr, diag);
+                r = qcow2_relocate(
+                        img, false, pass == MAX_PASSES - 1, opts->batch_bytes, &rr, diag);
                 if (r < 0)
                         return r;
                 st.clusters_moved += rr.clusters_moved;
@@ -263,7 +270,8 @@ static int compact_run(
                 r = post_check(img, diag);
                 if (r < 0)
                         return r;
-                if (img->nb_clusters >= before || rr.clusters_moved == 0)
+                /* Re-packing below the end frees clusters that only the next pass can use. */
+                if (rr.clusters_moved == 0 || (img->nb_clusters >= before && !rr.optional_freed))
                         break;
         }
 
@@ -279,6 +287,11 @@ static int compact_run(
 int qcow2_compact(
         Qcow2Image *img, const Qcow2CompactOptions *opts, Qcow2CompactStats *ret, Qcow2Diag *diag) {
         int r = compact_run(img, opts, ret, diag);
+
+        if (img) {
+                img->slen_cache = mfree(img->slen_cache);
+                img->nb_slen_cache = 0;
+        }
 
         /*
          * A refusal means "untouched". Once something was written, a failure is an error (the

@@ -54,3 +54,63 @@ int qcow2_decompress(const Qcow2Image *img, const uint8_t *in, size_t in_len, ui
                 return inflate_zstd(in, in_len, out, img->cluster_size);
         return inflate_deflate(in, in_len, out, img->cluster_size);
 }
+
+static int length_deflate(const uint8_t *in, size_t in_len, uint8_t *out, size_t out_len) {
+        z_stream z = { 0 };
+        int r;
+
+        if (inflateInit2(&z, -12) != Z_OK)
+                return -ENOMEM;
+        z.next_in = (Bytef *) (uintptr_t) in;
+        z.avail_in = (uInt) in_len;
+        z.next_out = out;
+        z.avail_out = (uInt) out_len;
+        r = inflate(&z, Z_FINISH);
+        (void) inflateEnd(&z);
+        /* Only a stream that ends (final block) exactly after one cluster has a known length. */
+        if (r == Z_STREAM_END && z.avail_out == 0 && z.total_in > 0 && z.total_in <= in_len)
+                return (int) z.total_in;
+        return -EBADMSG;
+}
+
+static int length_zstd(const uint8_t *in, size_t in_len, uint8_t *out, size_t out_len) {
+        size_t frame = ZSTD_findFrameCompressedSize(in, in_len);
+        ZSTD_DCtx *dctx;
+        int r = -EBADMSG;
+
+        if (ZSTD_isError(frame) || frame == 0 || frame > in_len)
+                return -EBADMSG;
+        dctx = ZSTD_createDCtx();
+        if (!dctx)
+                return -ENOMEM;
+        /* The frame alone must give exactly one cluster and end (QEMU checks the same). */
+        ZSTD_inBuffer ib = { in, frame, 0 };
+        ZSTD_outBuffer ob = { out, out_len, 0 };
+        size_t z = 1;
+        while (ib.pos < ib.size || (z != 0 && ob.pos < ob.size)) {
+                size_t in_pos = ib.pos, out_pos = ob.pos;
+                z = ZSTD_decompressStream(dctx, &ob, &ib);
+                if (ZSTD_isError(z) || (ib.pos == in_pos && ob.pos == out_pos))
+                        break;
+        }
+        if (!ZSTD_isError(z) && z == 0 && ob.pos == ob.size && ib.pos == frame)
+                r = (int) frame;
+        ZSTD_freeDCtx(dctx);
+        return r;
+}
+
+int qcow2_stream_length(
+        const Qcow2Image *img, const uint8_t *in, size_t in_len, uint8_t *out, size_t *ret_len) {
+        int r;
+
+        if (in_len == 0 || in_len > INT32_MAX)
+                return -EBADMSG;
+        if (img->compression_type == 1)
+                r = length_zstd(in, in_len, out, img->cluster_size);
+        else
+                r = length_deflate(in, in_len, out, img->cluster_size);
+        if (r < 0)
+                return r;
+        *ret_len = (size_t) r;
+        return 0;
+}

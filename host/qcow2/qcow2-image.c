@@ -634,6 +634,7 @@ Qcow2Image *qcow2_close(Qcow2Image *img) {
         if (!img)
                 return NULL;
         qcow2_walk_reset(img);
+        free(img->slen_cache);
         free(img->l1);
         free(img->reftable);
         for (uint32_t i = 0; img->snapshots && i < img->nb_snapshots; i++) {

@@ -118,6 +118,16 @@ typedef struct Bitmap {
         uint64_t *table;    /* host endian, loaded by the walk */
 } Bitmap;
 
+/*
+ * One compressed stream: the byte range a compressed descriptor's sector count covers, and how
+ * many L2 entry paths point at it (an entry in an L2 table shared by p L1 entries counts p).
+ */
+typedef struct Stream {
+        uint64_t off; /* spec: "Compressed Clusters Descriptor", host byte offset */
+        uint32_t len; /* (sectors) * 512 - (off & 511) */
+        uint32_t refs;
+} Stream;
+
 /* One L1 entry pointing at an L2 table; table 0 is the active L1, i+1 snapshot i's. */
 typedef struct L1Ref {
         uint64_t l2; /* cluster index of the L2 table */
@@ -203,7 +213,17 @@ struct Qcow2Image {
         bool guest_monotone;      /* host offsets grow with guest offsets (preallocation) */
         L1Ref *l1refs;            /* every L1 entry of every L1 table, sorted by l2 */
         size_t nb_l1refs;
-        uint8_t *cjoin;       /* bitmap: a compressed stream runs from cluster c into c+1 */
+        uint8_t *cjoin;  /* bitmap: a compressed stream runs from cluster c into c+1 */
+        Stream *streams; /* distinct compressed streams, sorted by (off, len) */
+        size_t nb_streams;
+        /*
+         * Exact stream lengths learnt by an earlier relocation pass of this compaction, by the
+         * range of the descriptor as it is now (a moved stream under its new range), sorted;
+         * .refs holds the exact length, UINT32_MAX when the stream does not decode. Freed at
+         * the start and the end of every compaction.
+         */
+        Stream *slen_cache;
+        size_t nb_slen_cache;
         uint8_t *overcounted; /* bitmap: refcount above the references (kept as is) */
         struct {
                 uint64_t cluster;
@@ -313,6 +333,8 @@ int qcow2_walk(Qcow2Image *img, Qcow2Diag *diag);
 void qcow2_walk_reset(Qcow2Image *img);
 /* Lowers leaked refcounts (inside and past the file) to the references, on disk. */
 int qcow2_repair_leaks(Qcow2Image *img, uint64_t *ret_repaired);
+/* Orders Streams by offset, then range length (qsort/bsearch comparator). */
+int qcow2_stream_cmp(const void *a, const void *b);
 /* Reads an L2 table (raw, big-endian) into buf (one cluster). */
 int qcow2_read_l2(Qcow2Image *img, uint64_t off, uint8_t *buf);
 
@@ -344,6 +366,15 @@ static inline uint64_t l2e_bitmap(const Qcow2Image *img, const uint8_t *l2, uint
 }
 /* Inflates a compressed cluster (deflate or zstd) into out (cluster_size bytes). */
 int qcow2_decompress(const Qcow2Image *img, const uint8_t *in, size_t in_len, uint8_t *out);
+/*
+ * Exact length of the compressed stream at the start of in (in_len bytes, the descriptor's
+ * range): the bytes the decoder consumes to produce one whole cluster and reach the end of the
+ * stream (deflate: the final block; zstd: the end of the frame). -EBADMSG when the stream does
+ * not decode to exactly one cluster or does not end inside in: then only the whole range is
+ * known to hold it. out: scratch of cluster_size bytes.
+ */
+int qcow2_stream_length(
+        const Qcow2Image *img, const uint8_t *in, size_t in_len, uint8_t *out, size_t *ret_len);
 
 /* ---- qcow2-zero.c ---- */
 typedef struct ZeroPassResult {
@@ -365,12 +396,21 @@ typedef struct RelocResult {
         uint64_t clusters_moved;
         uint64_t bytes_moved;
         uint64_t refblocks_dropped;
+        uint64_t optional_freed; /* clusters below the end vacated by re-packing (next pass) */
 } RelocResult;
-/* Plans the smallest end and (unless simulate) moves everything past it, then truncates. */
-int qcow2_relocate(
-        Qcow2Image *img, bool simulate, uint64_t batch_bytes, RelocResult *ret, Qcow2Diag *diag);
 /*
- * After an interrupted run: clusters (data, L2 tables, compressed runs) counted above their
+ * Plans the smallest end and (unless simulate) moves everything past it, then truncates. With
+ * last_pass, compressed runs below the end are not re-packed (that only pays in a next pass).
+ */
+int qcow2_relocate(
+        Qcow2Image *img,
+        bool simulate,
+        bool last_pass,
+        uint64_t batch_bytes,
+        RelocResult *ret,
+        Qcow2Diag *diag);
+/*
+ * After an interrupted run: clusters (data, L2 tables, compressed streams) counted above their
  * references that have an identical twin are merged into the lower twin, then over-counts of
  * clusters without COPIED semantics are lowered in place. Re-walks when it changed anything.
  */

@@ -8,10 +8,11 @@
  * clusters below N (a fixed point, found by iteration). Clusters >= N are "movers"; each gets a
  * hole below N that a refcount block describes. Contiguous objects move as whole runs into the
  * lowest free run: the L1 tables (active and snapshots), the refcount table, the snapshot table,
- * the bitmap directory and bitmap tables, and runs of compressed clusters that streams join
- * (a stream may run from one cluster into the next; moving the run whole keeps every byte
- * offset inside it, so descriptors only shift by the run's displacement). If the holes do not
- * fit, N grows until they do.
+ * the bitmap directory and bitmap tables. Compressed data counts as its streams packed end to
+ * end: streams that touch a cluster >= N are re-packed one by one, copied byte for byte into
+ * the dead tails of kept compressed clusters and the lowest holes, their descriptors re-encoded
+ * (offset, sectors); runs with dead bytes below N are re-packed when that frees clusters for a
+ * next pass (consolidation). If the holes do not fit, N grows until they do.
  *
  * Execution, per object type, each batch with the leak-only barrier order (DESIGN.md):
  *   (A) raise destination refcounts   (B) write the copies            -> flush
@@ -55,6 +56,13 @@ typedef struct Run {
         bool move;
 } Run;
 
+/* Clusters that compressed streams tie together (a stream touches every cluster of its range). */
+typedef struct CRun {
+        uint64_t first, n; /* clusters */
+        size_t s0, s1;     /* its streams: img->streams[s0..s1) */
+        uint64_t bytes;    /* what re-packing copies: exact lengths, or whole ranges */
+} CRun;
+
 typedef struct Plan {
         uint64_t n;  /* new end, in clusters */
         Move *moves; /* sorted by src */
@@ -62,12 +70,64 @@ typedef struct Plan {
         Run *runs;
         size_t nb_runs;
         uint8_t *dropped; /* bitmap over reftable entries: block unhooked at the end */
+
+        /* Compressed streams re-packed one by one; arrays parallel to img->streams. */
+        CRun *cruns;
+        size_t nb_cruns;
+        uint32_t *xlen;   /* exact stream length, 0 when unknown (the whole range is copied) */
+        uint64_t *sdst;   /* new byte offset, or UINT64_MAX: the stream stays */
+        uint32_t *sdlen;  /* range of the new descriptor (its sector count) */
+        uint8_t *scopied; /* bitmap: (A)+(B) done, or a merge into an existing twin */
+        uint8_t *squeued; /* bitmap: in the current batch */
+        uint8_t *pdst;    /* bitmap over clusters: planned destination of streams */
+        uint8_t *started; /* bitmap over clusters: destination raised and zeroed */
+        uint8_t *ptail;   /* bitmap over clusters: a kept cluster whose dead tail takes streams */
+        uint64_t optional_freed;  /* clusters of runs below n re-packed to be freed */
+        uint64_t lower_bound;     /* the smallest end the planner can hope for */
+        bool no_optional;         /* last pass: no re-packing below the end */
+        bool consolidate;         /* re-pack every run with dead bytes into the whole file */
+        uint64_t stream_clusters; /* destination clusters of re-packed streams */
 } Plan;
 
 static void plan_done(Plan *p) {
         p->moves = mfree(p->moves);
         p->runs = mfree(p->runs);
         p->dropped = mfree(p->dropped);
+        p->cruns = mfree(p->cruns);
+        p->xlen = mfree(p->xlen);
+        p->sdst = mfree(p->sdst);
+        p->sdlen = mfree(p->sdlen);
+        p->scopied = mfree(p->scopied);
+        p->squeued = mfree(p->squeued);
+        p->pdst = mfree(p->pdst);
+        p->started = mfree(p->started);
+        p->ptail = mfree(p->ptail);
+}
+
+/* Index of the stream with descriptor range [off, off + len) in a (sorted by range), or SIZE_MAX.
+ */
+static size_t stream_search(const Stream *a, size_t n, uint64_t off, uint64_t len) {
+        const Stream key = { .off = off, .len = (uint32_t) len };
+        const Stream *s;
+
+        if (n == 0 || len > UINT32_MAX)
+                return SIZE_MAX;
+        s = bsearch(&key, a, n, sizeof(Stream), qcow2_stream_cmp);
+        return s ? (size_t) (s - a) : SIZE_MAX;
+}
+
+/* Index of the stream with descriptor range [off, off + len) in img->streams, or SIZE_MAX. */
+static size_t stream_find(const Qcow2Image *img, uint64_t off, uint64_t len) {
+        return stream_search(img->streams, img->nb_streams, off, len);
+}
+
+static uint64_t stream_last_cluster(const Qcow2Image *img, const Stream *s) {
+        return cluster_of(img, s->off + s->len - 1);
+}
+
+/* Bytes a re-packed stream takes: its exact length, or its whole range when unknown. */
+static uint64_t stream_bytes(const Qcow2Image *img, const Plan *p, size_t i) {
+        return p->xlen[i] ? p->xlen[i] : img->streams[i].len;
 }
 
 /* The move whose source range holds cluster c, or NULL. */
@@ -182,6 +242,315 @@ static int collect_runs(Qcow2Image *img, Plan *p) {
         return r;
 }
 
+static const Stream *slen_cache_find(const Qcow2Image *img, uint64_t off, uint64_t len) {
+        size_t i = stream_search(img->slen_cache, img->nb_slen_cache, off, len);
+        return i == SIZE_MAX ? NULL : &img->slen_cache[i];
+}
+
+/*
+ * After a real pass: remember every stream's exact length under the range its descriptor has
+ * now, so that the next pass of this compaction reads and decodes only streams it has not seen
+ * (the bytes under a range change only by this engine's own moves).
+ */
+static int slen_cache_update(Qcow2Image *img, const Plan *p) {
+        Stream *c;
+        size_t n = 0;
+
+        if (!p->xlen || img->nb_streams == 0)
+                return 0;
+        c = calloc(img->nb_streams, sizeof(Stream));
+        if (!c)
+                return -ENOMEM;
+        for (size_t i = 0; i < img->nb_streams; i++) {
+                const Stream *s = &img->streams[i];
+                bool moved = p->sdst[i] != UINT64_MAX && bm_get(p->scopied, i);
+                c[n++] = (Stream){ .off = moved ? p->sdst[i] : s->off,
+                                   .len = moved ? p->sdlen[i] : s->len,
+                                   .refs = p->xlen[i] ? p->xlen[i] : UINT32_MAX };
+        }
+        qsort(c, n, sizeof(Stream), qcow2_stream_cmp);
+        free(img->slen_cache);
+        img->slen_cache = c;
+        img->nb_slen_cache = n;
+        return 0;
+}
+
+/*
+ * Compressed streams: groups them into runs (clusters that streams tie together: a run is
+ * either kept or vacated whole) and learns each stream's exact length by decoding it, in
+ * large sequential reads. A stream that does not decode to one whole cluster and end keeps
+ * its whole range (and its offset within a sector, so its sector count stays valid).
+ */
+static int plan_streams_init(Qcow2Image *img, Plan *p) {
+        _cleanup_free_ uint8_t *win = NULL, *out = NULL;
+        size_t ns = img->nb_streams, cap = 0;
+        uint64_t wlo = 0, whi = 0;
+        size_t wcap = MAX((size_t) COPY_CHUNK, (size_t) (2 * img->cluster_size + 512));
+        int r;
+
+        if (ns == 0)
+                return 0;
+        p->xlen = calloc(ns, sizeof(uint32_t));
+        p->sdst = malloc(ns * sizeof(uint64_t));
+        p->sdlen = calloc(ns, sizeof(uint32_t));
+        p->scopied = calloc(DIV_ROUND_UP(ns, 8) + 1, 1);
+        p->squeued = calloc(DIV_ROUND_UP(ns, 8) + 1, 1);
+        p->pdst = calloc(DIV_ROUND_UP(img->nb_clusters, 8) + 1, 1);
+        p->started = calloc(DIV_ROUND_UP(img->nb_clusters, 8) + 1, 1);
+        p->ptail = calloc(DIV_ROUND_UP(img->nb_clusters, 8) + 1, 1);
+        win = malloc(wcap);
+        out = malloc(img->cluster_size);
+        if (!p->xlen || !p->sdst || !p->sdlen || !p->scopied || !p->squeued || !p->pdst ||
+            !p->started || !p->ptail || !win || !out)
+                return -ENOMEM;
+
+        for (size_t i = 0; i < ns; i++) {
+                const Stream *s = &img->streams[i];
+                uint64_t first = cluster_of(img, s->off), last = stream_last_cluster(img, s);
+                bool live = last < img->nb_clusters;
+
+                p->sdst[i] = UINT64_MAX;
+                /* A simulated zero pass may have dropped it: then its clusters may be free. */
+                for (uint64_t c = first; live && c <= last; c++)
+                        live = img->refcount[c] > 0 && img->kind[c] == CK_COMPRESSED;
+                if (!live) {
+                        bm_set(p->scopied, i); /* never placed */
+                        continue;
+                }
+
+                const Stream *cached = slen_cache_find(img, s->off, s->len);
+                if (cached) {
+                        p->xlen[i] = cached->refs == UINT32_MAX ? 0 : cached->refs;
+                        goto run;
+                }
+                if (s->off < wlo || s->off + s->len > whi) {
+                        wlo = s->off;
+                        whi = wlo + wcap;
+                        uint64_t avail = wlo < img->file_size ? MIN(wcap, img->file_size - wlo) : 0;
+                        if (avail > 0) {
+                                r = io_pread(img->io, win, avail, wlo);
+                                if (r < 0)
+                                        return r;
+                        }
+                        memset(win + avail, 0, wcap - avail);
+                }
+                size_t xl = 0;
+                if (qcow2_stream_length(img, win + (s->off - wlo), s->len, out, &xl) >= 0 &&
+                    xl > 0 && xl <= s->len)
+                        p->xlen[i] = (uint32_t) xl;
+run:
+                if (p->nb_cruns > 0 &&
+                    first <= p->cruns[p->nb_cruns - 1].first + p->cruns[p->nb_cruns - 1].n - 1) {
+                        CRun *cr = &p->cruns[p->nb_cruns - 1];
+                        cr->n = MAX(cr->n, last + 1 - cr->first);
+                        cr->s1 = i + 1;
+                        cr->bytes += stream_bytes(img, p, i);
+                        continue;
+                }
+                if (p->nb_cruns == cap) {
+                        size_t c = MAX(cap * 2, (size_t) 16);
+                        CRun *q = realloc(p->cruns, c * sizeof(CRun));
+                        if (!q)
+                                return -ENOMEM;
+                        p->cruns = q;
+                        cap = c;
+                }
+                p->cruns[p->nb_cruns++] = (CRun){ .first = first,
+                                                  .n = last + 1 - first,
+                                                  .s0 = i,
+                                                  .s1 = i + 1,
+                                                  .bytes = stream_bytes(img, p, i) };
+        }
+        return 0;
+}
+
+/* Packs re-packed streams into holes, densely: a stream may run on into the next hole. */
+typedef struct Packer {
+        uint8_t *taken;
+        uint64_t n;
+        uint64_t pc;     /* last destination cluster written into, UINT64_MAX: none */
+        uint64_t pc_sum; /* references counted on it so far */
+        uint64_t cur;    /* next free byte */
+        uint64_t scan;   /* where the search for fresh holes goes on */
+        uint64_t *log;   /* destination clusters taken, in order (for rolling back) */
+        size_t nlog, caplog;
+        /*
+         * Dead tails of kept compressed clusters (after the last range that touches them,
+         * sector aligned): new streams go there first, as QEMU packs them. Nothing refers to
+         * those bytes, on disk.
+         */
+        struct {
+                uint64_t cluster, start;
+        } * slots;
+        size_t nslots, sscan;
+        bool use_tails;
+} Packer;
+
+static bool pk_hole(const Qcow2Image *img, const Packer *k, uint64_t c) {
+        return c > 0 && c < k->n && img->refcount[c] == 0 && img->kind[c] == CK_FREE &&
+                qcow2_rc_covered(img, c) && !bm_get(k->taken, c);
+}
+
+/* spec: the descriptor holds (sectors - 1); the range ends at the end of the last sector. */
+static uint64_t range_from(uint64_t pos, uint64_t bytes) {
+        return ALIGN_UP((pos & 511) + bytes, (uint64_t) 512) - (pos & 511);
+}
+
+/* Places stream i at byte pos if every cluster it touches is the current one or a free hole. */
+static int pk_try(Qcow2Image *img, Plan *p, Packer *k, size_t i, uint64_t pos) {
+        const Stream *s = &img->streams[i];
+        bool known = p->xlen[i] != 0;
+        uint64_t bytes = stream_bytes(img, p, i);
+        uint64_t dl = known ? range_from(pos, bytes) : s->len;
+        uint64_t fc = cluster_of(img, pos), lc = cluster_of(img, pos + dl - 1);
+
+        if (!known && (pos & 511) != (s->off & 511))
+                return 0;
+        if ((pos & 511) + dl > (img->csize_mask + 1) * 512 || pos + dl > (1ULL << img->csize_shift))
+                return 0; /* the sector count or the offset would not fit the descriptor */
+        for (uint64_t c = fc; c <= lc; c++) {
+                if (c == k->pc && c == fc) {
+                        if (k->pc_sum + s->refs > img->refcount_max)
+                                return 0;
+                } else if (!pk_hole(img, k, c) || s->refs > img->refcount_max)
+                        return 0;
+        }
+        for (uint64_t c = fc; c <= lc; c++) {
+                if (c == k->pc)
+                        continue;
+                if (k->nlog == k->caplog) {
+                        size_t cap = MAX(k->caplog * 2, (size_t) 64);
+                        uint64_t *q = realloc(k->log, cap * sizeof(uint64_t));
+                        if (!q)
+                                return -ENOMEM;
+                        k->log = q;
+                        k->caplog = cap;
+                }
+                k->log[k->nlog++] = c;
+                bm_set(k->taken, c);
+                bm_set(p->pdst, c);
+        }
+        k->pc_sum = lc == k->pc ? k->pc_sum + s->refs : s->refs;
+        k->pc = lc;
+        k->cur = pos + (known ? bytes : dl);
+        p->sdst[i] = pos;
+        p->sdlen[i] = (uint32_t) dl;
+        return 1;
+}
+
+/* Places stream i: right after the previous one if it fits there, else at the next free holes. */
+static int pk_place(Qcow2Image *img, Plan *p, Packer *k, size_t i) {
+        const Stream *s = &img->streams[i];
+        uint64_t a = s->off & 511;
+        int r;
+
+        if (k->pc != UINT64_MAX) {
+                uint64_t pos = k->cur;
+                if (p->xlen[i]) {
+                        r = pk_try(img, p, k, i, pos);
+                        if (r != 0)
+                                return r;
+                }
+                /* keep the sector phase: the sector count cannot grow then */
+                pos = (pos & ~(uint64_t) 511) + a;
+                if (pos < k->cur)
+                        pos += 512;
+                r = pk_try(img, p, k, i, pos);
+                if (r != 0)
+                        return r;
+        }
+        /* the dead tail of a kept cluster, lowest first; a slot left behind is not reused */
+        for (size_t q = k->sscan; k->use_tails && q < k->nslots && q < k->sscan + 64; q++) {
+                uint64_t pc = k->pc, pc_sum = k->pc_sum, cur = k->cur;
+                uint64_t c = k->slots[q].cluster, pos = k->slots[q].start;
+                if (c >= k->n)
+                        break;
+                k->pc = c;
+                k->pc_sum = img->refcount[c];
+                k->cur = pos;
+                r = pk_try(img, p, k, i, p->xlen[i] ? pos : pos + a);
+                if (r < 0)
+                        return r;
+                if (r > 0) {
+                        bm_set(p->ptail, c);
+                        k->sscan = q + 1;
+                        return r;
+                }
+                k->pc = pc;
+                k->pc_sum = pc_sum;
+                k->cur = cur;
+        }
+        uint64_t off0 = p->xlen[i] ? 0 : a;
+        uint64_t need = DIV_ROUND_UP(off0 + s->len, img->cluster_size);
+        for (uint64_t c = MAX(k->scan, (uint64_t) 1), run = 0; c < k->n; c++) {
+                run = pk_hole(img, k, c) ? run + 1 : 0;
+                if (run < need)
+                        continue;
+                uint64_t h = c + 1 - need;
+                k->scan = h;
+                r = pk_try(img, p, k, i, offset_of(img, h) + off0);
+                if (r != 0)
+                        return r;
+                run = 0;
+        }
+        return 0;
+}
+
+static void pk_rollback(
+        Plan *p,
+        Packer *k,
+        size_t nlog,
+        uint64_t pc,
+        uint64_t pc_sum,
+        uint64_t cur,
+        uint64_t scan) {
+        while (k->nlog > nlog) {
+                uint64_t c = k->log[--k->nlog];
+                k->taken[c / 8] &= (uint8_t) ~(1U << (c % 8));
+                p->pdst[c / 8] &= (uint8_t) ~(1U << (c % 8));
+        }
+        k->pc = pc;
+        k->pc_sum = pc_sum;
+        k->cur = cur;
+        k->scan = scan;
+}
+
+/*
+ * Places every stream of run cr that touches a cluster >= from, or none (the state is rolled
+ * back). 1 placed, 0 not, -errno.
+ */
+static int pk_run(Qcow2Image *img, Plan *p, Packer *k, const CRun *cr, uint64_t from) {
+        size_t nlog = k->nlog;
+        uint64_t pc = k->pc, pc_sum = k->pc_sum, cur = k->cur, scan = k->scan;
+
+        for (size_t i = cr->s0; i < cr->s1; i++) {
+                if (bm_get(p->scopied, i))
+                        continue; /* dropped by a simulated zero pass */
+                if (stream_last_cluster(img, &img->streams[i]) < from)
+                        continue; /* stays */
+                int r = pk_place(img, p, k, i);
+                if (r < 0)
+                        return r;
+                if (r == 0) {
+                        for (size_t q = cr->s0; q < cr->s1; q++)
+                                p->sdst[q] = UINT64_MAX;
+                        pk_rollback(p, k, nlog, pc, pc_sum, cur, scan);
+                        return 0;
+                }
+        }
+        return 1;
+}
+
+static int cmp_crun_waste(const void *a, const void *b, void *arg) {
+        const Qcow2Image *img = arg;
+        const CRun *x = *(CRun *const *) a, *y = *(CRun *const *) b;
+        uint64_t wx = x->n * img->cluster_size - MIN(x->bytes, x->n * img->cluster_size);
+        uint64_t wy = y->n * img->cluster_size - MIN(y->bytes, y->n * img->cluster_size);
+        if (wx != wy)
+                return wx > wy ? -1 : 1;
+        return x->first < y->first ? -1 : x->first > y->first;
+}
+
 static int cmp_move(const void *a, const void *b) {
         const Move *x = a, *y = b;
         return x->src < y->src ? -1 : x->src > y->src;
@@ -200,13 +569,170 @@ static uint64_t find_holes(const Qcow2Image *img, const uint8_t *taken, uint64_t
 
 /* Try to place everything >= p->n; returns 0, the number of clusters that did not fit, or -errno.
  */
+static void packer_done(Packer *k) {
+        free(k->log);
+        free(k->slots);
+}
+
+/* The dead tails of the last clusters of runs that lie wholly below the packer's end. */
+static int plan_slots(Qcow2Image *img, Plan *p, Packer *k) {
+        k->nslots = k->sscan = 0;
+        if (p->nb_cruns == 0)
+                return 0;
+        free(k->slots);
+        k->slots = calloc(p->nb_cruns, sizeof(*k->slots));
+        if (!k->slots)
+                return -ENOMEM;
+        for (size_t q = 0; q < p->nb_cruns; q++) {
+                const CRun *cr = &p->cruns[q];
+                uint64_t last = cr->first + cr->n - 1, end = offset_of(img, last + 1), tail = 0;
+                if (last >= k->n)
+                        continue;
+                for (size_t i = cr->s0; i < cr->s1; i++) {
+                        const Stream *s = &img->streams[i];
+                        if (bm_get(p->scopied, i) || stream_last_cluster(img, s) < last)
+                                continue;
+                        tail = MAX(tail, MIN(s->off + s->len, end));
+                }
+                if (tail > 0 && tail + 512 <= end)
+                        k->slots[k->nslots++] = (typeof(*k->slots)){ last, tail };
+        }
+        return 0;
+}
+
+/*
+ * Runs wholly below n that hold dead bytes (streams freed with a snapshot, or dropped by the zero
+ * pass) are re-packed too when that saves at least one cluster: the ones with the most dead bytes
+ * first, each whole or not at all, into what the holes below n still offer. The clusters they
+ * leave are free for the next pass.
+ */
+static int optional_round(
+        Qcow2Image *img,
+        Plan *p,
+        Packer *k,
+        CRun **cand,
+        size_t nc,
+        uint64_t min_gain,
+        uint64_t *ret_freed) {
+        size_t nlog0 = k->nlog;
+        uint64_t pc0 = k->pc, sum0 = k->pc_sum, cur0 = k->cur, scan0 = k->scan, freed = 0;
+
+        for (size_t q = 0; q < nc; q++) {
+                int r = pk_run(img, p, k, cand[q], 0);
+                if (r < 0)
+                        return r;
+                if (r > 0)
+                        freed += cand[q]->n;
+        }
+        if (freed == 0 || freed < (k->nlog - nlog0) + min_gain) {
+                /* no gain: undo */
+                for (size_t q = 0; q < nc; q++)
+                        for (size_t i = cand[q]->s0; i < cand[q]->s1; i++)
+                                p->sdst[i] = UINT64_MAX;
+                pk_rollback(p, k, nlog0, pc0, sum0, cur0, scan0);
+                freed = 0;
+        }
+        *ret_freed = freed;
+        return 0;
+}
+
+/*
+ * Runs wholly below n that hold dead bytes (streams freed with a snapshot, or dropped by the zero
+ * pass) are re-packed too when that saves at least one cluster: the ones with the most dead bytes
+ * first, each whole or not at all. The clusters they leave are free for the next pass. When the
+ * holes below n are too few, free clusters past n (inside the file) serve as scratch space: the
+ * file then ends after them in this pass, and the next pass brings them down into the clusters
+ * this one freed. Not when that would keep a refcount block that n would drop.
+ */
+static int plan_optional(Qcow2Image *img, Plan *p, Packer *k) {
+        _cleanup_free_ CRun **cand = NULL;
+        size_t nc = 0;
+        uint64_t n = k->n, freed = 0, top = n;
+        int r;
+
+        if (p->nb_cruns == 0 || p->no_optional)
+                return 0;
+        cand = calloc(p->nb_cruns, sizeof(CRun *));
+        if (!cand)
+                return -ENOMEM;
+        for (size_t q = 0; q < p->nb_cruns; q++) {
+                CRun *cr = &p->cruns[q];
+                if (cr->first + cr->n <= n && cr->bytes < cr->n * img->cluster_size &&
+                    !bm_get(p->ptail, cr->first + cr->n - 1))
+                        cand[nc++] = cr;
+        }
+        if (nc == 0)
+                return 0;
+        qsort_r(cand, nc, sizeof(CRun *), cmp_crun_waste, img);
+
+        size_t nlog0 = k->nlog;
+        uint64_t pc0 = k->pc, sum0 = k->pc_sum, cur0 = k->cur, scan0 = k->scan;
+        /*
+         * Re-packing without a gain in clusters still pays when the end stays above what the
+         * planner hopes for: the run moves out of the way (into scratch), the next pass brings
+         * it down into the clusters it left, next to the others.
+         */
+        uint64_t min_gain = n > p->lower_bound && !p->consolidate ? 0 : 1;
+        k->n = img->nb_clusters;
+        if (p->consolidate) {
+                /*
+                 * One contiguous region if the file has one that holds them all: streams only
+                 * leave dead bytes behind where free clusters are not adjacent.
+                 */
+                uint64_t bytes = 0;
+                for (size_t q = 0; q < nc; q++)
+                        bytes += cand[q]->bytes;
+                uint64_t need = DIV_ROUND_UP(bytes, img->cluster_size) + 1;
+                for (uint64_t c = MAX(k->scan, (uint64_t) 1), run = 0; c < k->n; c++) {
+                        run = pk_hole(img, k, c) ? run + 1 : 0;
+                        if (run == need) {
+                                k->scan = c + 1 - need;
+                                break;
+                        }
+                }
+        }
+        r = optional_round(img, p, k, cand, nc, min_gain, &freed);
+        k->n = n;
+        if (r < 0)
+                return r;
+        for (size_t q = nlog0; q < k->nlog; q++)
+                top = MAX(top, k->log[q] + 1);
+        bool blocks_change = false;
+        for (uint64_t i = 0; i < img->reftable_entries && top > n; i++)
+                if ((img->reftable[i] & REFT_OFFSET_MASK) && (i << img->rb_bits) >= n &&
+                    (i << img->rb_bits) < top)
+                        blocks_change = true;
+        if (blocks_change) {
+                for (size_t q = 0; q < nc; q++)
+                        for (size_t i = cand[q]->s0; i < cand[q]->s1; i++)
+                                p->sdst[i] = UINT64_MAX;
+                pk_rollback(p, k, nlog0, pc0, sum0, cur0, scan0);
+                r = optional_round(img, p, k, cand, nc, min_gain, &freed);
+                if (r < 0)
+                        return r;
+        }
+        p->optional_freed = freed;
+        return 0;
+}
+
 static int64_t plan_try(Qcow2Image *img, Plan *p) {
         _cleanup_free_ uint8_t *taken = NULL;
+        _cleanup_(packer_done) Packer pks = { .pc = UINT64_MAX };
+        Packer *pk = &pks;
         uint64_t n = p->n, hole = 1, cap = 0;
+        int64_t rr;
+        int r0;
 
         p->moves = mfree(p->moves);
         p->nb_moves = 0;
-        taken = calloc(DIV_ROUND_UP(n, 8) + 1, 1);
+        p->optional_freed = p->stream_clusters = 0;
+        for (size_t i = 0; p->sdst && i < img->nb_streams; i++)
+                p->sdst[i] = UINT64_MAX;
+        if (p->pdst)
+                memset(p->pdst, 0, DIV_ROUND_UP(img->nb_clusters, 8) + 1);
+        if (p->ptail)
+                memset(p->ptail, 0, DIV_ROUND_UP(img->nb_clusters, 8) + 1);
+        taken = calloc(DIV_ROUND_UP(MAX(n, img->nb_clusters), 8) + 1, 1);
         if (!taken)
                 return -ENOMEM;
 
@@ -233,30 +759,35 @@ static int64_t plan_try(Qcow2Image *img, Plan *p) {
                 best->move = true;
         }
 
-        /* Moves: compressed runs (whole, if any part is >= n) and single clusters >= n. */
-        for (uint64_t c = 1; c < img->nb_clusters; c++)
-                if (img->kind[c] == CK_COMPRESSED || c >= n)
-                        cap++;
-        p->moves = calloc(cap + 1, sizeof(Move));
+        /*
+         * Streams that touch a cluster >= n are re-packed one by one, densely, into the lowest
+         * holes (see pk_place); the others stay. Then single clusters >= n.
+         */
+        pk->n = n;
+        pk->taken = taken;
+        r0 = plan_slots(img, p, pk);
+        if (r0 < 0)
+                return r0;
+        pk->use_tails = true;
+        for (size_t r = 0; r < p->nb_cruns; r++) {
+                CRun *cr = &p->cruns[r];
+                if (cr->first + cr->n <= n)
+                        continue;
+                int q = pk_run(img, p, pk, cr, n);
+                if (q < 0)
+                        return q;
+                if (q == 0) {
+                        uint64_t left = 0;
+                        for (size_t t = r; t < p->nb_cruns; t++)
+                                if (p->cruns[t].first + p->cruns[t].n > n)
+                                        left += DIV_ROUND_UP(p->cruns[t].bytes, img->cluster_size);
+                        return (int64_t) MAX(left, (uint64_t) 1);
+                }
+        }
+        p->moves = calloc(img->nb_clusters - MIN(n, img->nb_clusters) + 1, sizeof(Move));
         if (!p->moves)
                 return -ENOMEM;
-        for (uint64_t c = 1; c < img->nb_clusters; c++) {
-                if (img->kind[c] != CK_COMPRESSED ||
-                    (bm_get(img->cjoin, c - 1) && img->kind[c - 1] == CK_COMPRESSED))
-                        continue;
-                uint64_t len = 1;
-                while (bm_get(img->cjoin, c + len - 1) && c + len < img->nb_clusters &&
-                       img->kind[c + len] == CK_COMPRESSED)
-                        len++;
-                if (c + len <= n)
-                        continue;
-                uint64_t at = find_holes(img, taken, n, len);
-                if (!at)
-                        return (int64_t) len;
-                for (uint64_t k = at; k < at + len; k++)
-                        bm_set(taken, k);
-                p->moves[p->nb_moves++] = (Move){ .src = c, .dst = at, .n = len };
-        }
+        cap = img->nb_clusters - MIN(n, img->nb_clusters);
         for (uint64_t c = n; c < img->nb_clusters; c++) {
                 ClusterKind k = img->kind[c];
                 if (img->refcount[c] == 0 || k == CK_FREE)
@@ -312,16 +843,21 @@ static int64_t plan_try(Qcow2Image *img, Plan *p) {
                 bm_set(taken, hole);
                 p->moves[p->nb_moves++] = (Move){ .src = c, .dst = hole, .n = 1 };
         }
+        pk->use_tails = false; /* a run re-packed below n may be the one with the tail */
+        rr = plan_optional(img, p, pk);
+        if (rr < 0)
+                return rr;
+        p->stream_clusters = pk->nlog;
         qsort(p->moves, p->nb_moves, sizeof(Move), cmp_move);
         return 0;
 }
 
-static int plan_make(Qcow2Image *img, Plan *p) {
+static int plan_make(Qcow2Image *img, Plan *p, bool last_pass) {
         uint64_t used_nonrb = 0, n;
         int64_t missing;
         int r;
 
-        *p = (Plan){ 0 };
+        *p = (Plan){ .no_optional = last_pass };
         p->dropped = calloc(DIV_ROUND_UP(img->reftable_entries, 8) + 1, 1);
         if (!p->dropped)
                 return -ENOMEM;
@@ -332,9 +868,19 @@ static int plan_make(Qcow2Image *img, Plan *p) {
                 if (p->runs[k].src + p->runs[k].n > img->nb_clusters)
                         return -EUCLEAN;
 
+        r = plan_streams_init(img, p);
+        if (r < 0)
+                return r;
+
+        /* Compressed data counts as its streams packed densely (a lower bound). */
+        uint64_t packed = 0;
+        for (size_t k = 0; k < p->nb_cruns; k++)
+                packed += p->cruns[k].bytes;
         for (uint64_t c = 0; c < img->nb_clusters; c++)
-                if (img->refcount[c] > 0 && img->kind[c] != CK_REFBLOCK && img->kind[c] != CK_FREE)
+                if (img->refcount[c] > 0 && img->kind[c] != CK_REFBLOCK &&
+                    img->kind[c] != CK_FREE && img->kind[c] != CK_COMPRESSED)
                         used_nonrb++;
+        used_nonrb += DIV_ROUND_UP(packed, img->cluster_size);
 
         /* Fixed point: N = used + refcount blocks that describe clusters below N. */
         n = img->nb_clusters;
@@ -349,6 +895,33 @@ static int plan_make(Qcow2Image *img, Plan *p) {
                 n = next;
         }
         p->n = MIN(n, img->nb_clusters);
+        p->lower_bound = p->n;
+
+        /*
+         * Compressed runs holding at least a cluster of dead bytes in all are consolidated
+         * first, in a pass of their own, while the file still has its free clusters: every
+         * run with dead bytes is re-packed, densely, into the lowest free clusters of the whole
+         * file. Later passes then find the compressed data dense, whatever order the streams
+         * came in (a re-run after a crash and an uninterrupted run end alike).
+         */
+        uint64_t comp = 0;
+        for (size_t k = 0; k < p->nb_cruns; k++)
+                comp += p->cruns[k].n;
+        if (!last_pass && p->nb_cruns > 0 && comp > DIV_ROUND_UP(packed, img->cluster_size)) {
+                p->n = img->nb_clusters;
+                p->consolidate = true;
+                missing = plan_try(img, p);
+                p->consolidate = false;
+                if (missing < 0)
+                        return (int) missing;
+                if (missing == 0 && p->optional_freed > 0) {
+                        p->nb_moves = 0;
+                        for (size_t k = 0; k < p->nb_runs; k++)
+                                p->runs[k].move = false;
+                        goto cut;
+                }
+                p->n = p->lower_bound;
+        }
 
         /*
          * If not everything fits, find the smallest end that works: a larger end has fewer
@@ -372,10 +945,23 @@ static int plan_make(Qcow2Image *img, Plan *p) {
                 }
                 p->n = hi;
                 if (hi >= img->nb_clusters) {
-                        /* Nothing can move; keep the file as it is. */
+                        /*
+                         * Nothing past the end can move; keep the file as it is, but re-pack
+                         * runs with dead bytes below it if that frees clusters for a next pass.
+                         */
+                        missing = plan_try(img, p);
+                        if (missing < 0)
+                                return (int) missing;
                         p->nb_moves = 0;
                         for (size_t k = 0; k < p->nb_runs; k++)
                                 p->runs[k].move = false;
+                        if (missing > 0 || !p->optional_freed) {
+                                for (size_t i = 0; p->sdst && i < img->nb_streams; i++)
+                                        p->sdst[i] = UINT64_MAX;
+                                if (p->pdst)
+                                        memset(p->pdst, 0, DIV_ROUND_UP(img->nb_clusters, 8) + 1);
+                                p->optional_freed = p->stream_clusters = 0;
+                        }
                 } else {
                         missing = plan_try(img, p);
                         if (missing != 0)
@@ -387,6 +973,10 @@ static int plan_make(Qcow2Image *img, Plan *p) {
          * The file ends after the last cluster that stays or receives a mover, which may be
          * below n when runs did not fit: never leave free clusters at the end.
          */
+cut:
+        for (uint64_t c = p->n; p->pdst && c < img->nb_clusters; c++)
+                if (bm_get(p->pdst, c))
+                        p->n = c + 1; /* scratch for re-packed streams (plan_optional) */
         uint64_t end = 1;
         for (uint64_t c = 0; c < p->n; c++)
                 if (img->refcount[c] > 0 && img->kind[c] != CK_FREE)
@@ -396,6 +986,9 @@ static int plan_make(Qcow2Image *img, Plan *p) {
         for (size_t k = 0; k < p->nb_runs; k++)
                 if (p->runs[k].move)
                         end = MAX(end, p->runs[k].dst + p->runs[k].n);
+        for (uint64_t c = end; p->pdst && c < p->n; c++)
+                if (bm_get(p->pdst, c))
+                        end = c + 1;
         p->n = MIN(p->n, end);
 
         for (uint64_t i = 0; i < img->reftable_entries; i++)
@@ -489,6 +1082,8 @@ typedef struct Release {
 typedef struct Batch {
         Move **to_copy;
         size_t nc, max_copy;
+        size_t *sq; /* re-packed streams to copy (indices into img->streams) */
+        size_t nsq;
         Release *rel;
         size_t nr, max_rel;
         uint64_t bytes;
@@ -497,13 +1092,128 @@ typedef struct Batch {
 static int batch_init(Batch *b, size_t max_copy, size_t max_rel) {
         *b = (Batch){ .max_copy = max_copy, .max_rel = max_rel };
         b->to_copy = calloc(max_copy + 1, sizeof(Move *));
+        b->sq = calloc(max_copy + 1, sizeof(size_t));
         b->rel = calloc(max_rel + 1, sizeof(Release));
-        return b->to_copy && b->rel ? 0 : -ENOMEM;
+        return b->to_copy && b->sq && b->rel ? 0 : -ENOMEM;
 }
 
 static void batch_done(Batch *b) {
         free(b->to_copy);
+        free(b->sq);
         free(b->rel);
+}
+
+static void batch_queue_stream(Qcow2Image *img, Plan *p, Batch *b, size_t i) {
+        if (bm_get(p->scopied, i) || bm_get(p->squeued, i))
+                return;
+        bm_set(p->squeued, i);
+        b->sq[b->nsq++] = i;
+        b->bytes += stream_bytes(img, p, i);
+}
+
+static int cmp_sq(const void *a, const void *b, void *arg) {
+        const Plan *p = arg;
+        uint64_t x = p->sdst[*(const size_t *) a], y = p->sdst[*(const size_t *) b];
+        return x < y ? -1 : x > y;
+}
+
+/*
+ * (A)+(B) for the re-packed streams of a batch, before the batch's flush: every destination
+ * cluster is raised by the references of each stream that touches it (a cluster that several
+ * streams share counts them all, as QEMU counts it), a cluster used for the first time is
+ * zeroed, then each stream's bytes are copied as they are (exact length, or the whole range);
+ * streams adjacent at both ends are copied together.
+ */
+static int
+stream_raise_and_copy(Qcow2Image *img, Plan *p, Batch *b, uint8_t *buf, RelocResult *res) {
+        int r;
+
+        if (b->nsq == 0)
+                return 0;
+        qsort_r(b->sq, b->nsq, sizeof(size_t), cmp_sq, p);
+        /* (A); the clusters raised for the first time are listed (ascending) for (B) */
+        _cleanup_free_ uint64_t *fresh = NULL;
+        size_t nf = 0, capf = 0;
+        for (size_t k = 0; k < b->nsq; k++) {
+                size_t i = b->sq[k];
+                uint64_t d = p->sdst[i], refs = img->streams[i].refs;
+                for (uint64_t c = cluster_of(img, d); c <= cluster_of(img, d + p->sdlen[i] - 1);
+                     c++) {
+                        bool tail = bm_get(p->ptail, c);
+                        if (c >= img->nb_clusters || (!bm_get(p->pdst, c) && !tail))
+                                return -EUCLEAN; /* not a destination the planner gave out */
+                        if (!bm_get(p->started, c) && !tail) {
+                                if (img->kind[c] != CK_FREE || img->refcount[c] != 0)
+                                        return -EUCLEAN;
+                                if (nf == capf) {
+                                        capf = MAX(capf * 2, (size_t) 64);
+                                        uint64_t *q = realloc(fresh, capf * sizeof(uint64_t));
+                                        if (!q)
+                                                return -ENOMEM;
+                                        fresh = q;
+                                }
+                                fresh[nf++] = c;
+                                bm_set(p->started, c);
+                                r = qcow2_rc_set(img, c, refs);
+                        } else {
+                                if (img->kind[c] != CK_COMPRESSED ||
+                                    img->refcount[c] + refs > img->refcount_max)
+                                        return -EUCLEAN;
+                                r = qcow2_rc_set(img, c, img->refcount[c] + refs);
+                        }
+                        if (r < 0)
+                                return r;
+                        img->kind[c] = CK_COMPRESSED;
+                }
+        }
+        /* (B) zero the clusters used for the first time (nothing refers to them yet), copy */
+        memset(buf, 0, COPY_CHUNK);
+        for (size_t k = 0; k < nf;) {
+                size_t run = 1;
+                while (k + run < nf && fresh[k + run] == fresh[k] + run &&
+                       (run + 1) * img->cluster_size <= COPY_CHUNK)
+                        run++;
+                r = qcow2_write(
+                        img,
+                        IO_EV_DATA_COPY,
+                        buf,
+                        run * img->cluster_size,
+                        offset_of(img, fresh[k]));
+                if (r < 0)
+                        return r;
+                res->clusters_moved += run;
+                k += run;
+        }
+        for (size_t k = 0; k < b->nsq;) {
+                size_t i = b->sq[k], run = 1;
+                uint64_t src = img->streams[i].off, dst = p->sdst[i];
+                uint64_t len = stream_bytes(img, p, i);
+                while (k + run < b->nsq) {
+                        size_t j = b->sq[k + run];
+                        if (img->streams[j].off != src + len || p->sdst[j] != dst + len ||
+                            len + stream_bytes(img, p, j) > COPY_CHUNK)
+                                break;
+                        len += stream_bytes(img, p, j);
+                        run++;
+                }
+                uint64_t avail = src < img->file_size ? MIN(len, img->file_size - src) : 0;
+                if (avail > 0) {
+                        r = io_pread(img->io, buf, avail, src);
+                        if (r < 0)
+                                return r;
+                }
+                memset(buf + avail, 0, len - avail);
+                r = qcow2_write(img, IO_EV_DATA_COPY, buf, len, dst);
+                if (r < 0)
+                        return r;
+                res->bytes_moved += len;
+                for (size_t q = k; q < k + run; q++) {
+                        bm_set(p->scopied, b->sq[q]);
+                        p->squeued[b->sq[q] / 8] &= (uint8_t) ~(1U << (b->sq[q] % 8));
+                }
+                k += run;
+        }
+        return 0;
 }
 
 static void batch_queue(Qcow2Image *img, Batch *b, Move *m) {
@@ -519,7 +1229,12 @@ static void batch_release(Batch *b, uint64_t c, uint64_t count) {
 }
 
 /* (A)+(B) of a batch; the caller then switches its pointers (C) and calls batch_lower. */
-static int batch_copy(Qcow2Image *img, Batch *b, IoEvent ev, uint8_t *buf, RelocResult *res) {
+static int
+batch_copy(Qcow2Image *img, Plan *p, Batch *b, IoEvent ev, uint8_t *buf, RelocResult *res) {
+        int r = stream_raise_and_copy(img, p, b, buf, res);
+        if (r < 0)
+                return r;
+        /* one flush for both: raise_and_copy writes the raised refcounts, copies, flushes */
         qsort(b->to_copy, b->nc, sizeof(Move *), cmp_move_ptr);
         return raise_and_copy(img, b->to_copy, b->nc, ev, buf, res);
 }
@@ -529,14 +1244,14 @@ static int batch_lower(Qcow2Image *img, Batch *b) {
         int r;
 
         for (size_t k = 0; k < b->nr; k++) {
-                r = qcow2_release_refs(img, b->rel[k].cluster, b->rel[k].count, false, true);
+                r = qcow2_release_refs(img, b->rel[k].cluster, b->rel[k].count, false, false);
                 if (r < 0)
                         return r;
         }
         r = qcow2_rc_commit(img);
         if (r < 0)
                 return r;
-        b->nc = b->nr = 0;
+        b->nc = b->nr = b->nsq = 0;
         b->bytes = 0;
         return 0;
 }
@@ -576,15 +1291,32 @@ static bool rewrite_l2(
                 if (ty == L2_COMPRESSED) {
                         uint64_t coff, clen;
                         qcow2_compressed_range(img, e, &coff, &clen);
-                        m = plan_find(p, cluster_of(img, coff));
-                        if (!m)
+                        size_t si = stream_find(img, coff, clen);
+                        if (si == SIZE_MAX || !p->sdst || p->sdst[si] == UINT64_MAX) {
+                                if (cluster_of(img, coff + clen - 1) >= p->n) {
+                                        /* a stream past the end with no place */
+                                        *err = -EUCLEAN;
+                                        *pj = j;
+                                        return touched;
+                                }
                                 continue;
-                        uint64_t ncoff = coff + offset_of(img, m->dst) - offset_of(img, m->src);
-                        wr64(tb->buf + j * img->l2_entry_size, (e & ~img->coffset_mask) | ncoff);
+                        }
+                        /*
+                         * spec: "Compressed Clusters Descriptor": offset in bits 0..x-1, the
+                         * number of 512-byte sectors minus one above; never COPIED.
+                         */
+                        uint64_t d = p->sdst[si];
+                        uint64_t nsec = ((d & 511) + p->sdlen[si]) / 512;
+                        wr64(tb->buf + j * img->l2_entry_size,
+                             QCOW_OFLAG_COMPRESSED | ((nsec - 1) << img->csize_shift) | d);
                         for (uint64_t c = cluster_of(img, coff);
                              c <= cluster_of(img, coff + clen - 1);
                              c++)
                                 batch_release(b, c, tb->paths);
+                        batch_queue_stream(img, p, b, si);
+                        rtable_touch(tb, (uint32_t) j);
+                        touched = true;
+                        continue;
                 } else if (ty == L2_NORMAL || ty == L2_ZERO_ALLOC) {
                         uint64_t c = cluster_of(img, e & L2E_OFFSET_MASK);
                         m = plan_find(p, c);
@@ -616,10 +1348,16 @@ static bool rewrite_l2(
 
 /* One batch of data moves: (A)+(B), (C) the touched tables, (D). */
 static int data_batch_flush(
-        Qcow2Image *img, RTable *tables, size_t nt, Batch *b, uint8_t *buf, RelocResult *res) {
+        Qcow2Image *img,
+        Plan *p,
+        RTable *tables,
+        size_t nt,
+        Batch *b,
+        uint8_t *buf,
+        RelocResult *res) {
         int r;
 
-        r = batch_copy(img, b, IO_EV_DATA_COPY, buf, res);
+        r = batch_copy(img, p, b, IO_EV_DATA_COPY, buf, res);
         if (r < 0)
                 return r;
         for (size_t t = 0; t < nt; t++) {
@@ -688,7 +1426,7 @@ move_data(Qcow2Image *img, Plan *p, uint64_t batch_bytes, uint8_t *buf, RelocRes
                                 break;
                         /* The batch is full (or the table pool is): flush it. */
                         if (nt > 0) {
-                                r = data_batch_flush(img, tables, nt, &b, buf, res);
+                                r = data_batch_flush(img, p, tables, nt, &b, buf, res);
                                 if (r < 0)
                                         return r;
                         }
@@ -706,7 +1444,7 @@ move_data(Qcow2Image *img, Plan *p, uint64_t batch_bytes, uint8_t *buf, RelocRes
                 qcow2_progress(img, "move", i, img->nb_l1refs);
         }
         if (nt > 0)
-                return data_batch_flush(img, tables, nt, &b, buf, res);
+                return data_batch_flush(img, p, tables, nt, &b, buf, res);
         return 0;
 }
 
@@ -758,7 +1496,7 @@ static int move_bitmap_data(Qcow2Image *img, Plan *p, uint8_t *buf, RelocResult 
         }
         if (b.nr == 0)
                 return 0;
-        r = batch_copy(img, &b, IO_EV_DATA_COPY, buf, res);
+        r = batch_copy(img, p, &b, IO_EV_DATA_COPY, buf, res);
         if (r < 0)
                 return r;
         for (uint32_t i = 0; i < img->nb_bitmaps; i++) {
@@ -813,7 +1551,7 @@ static int move_l2_tables(Qcow2Image *img, Plan *p, uint8_t *buf, RelocResult *r
         if (b.nr == 0)
                 return 0;
         /* (A)+(B): tables referenced from several L1s are copied once */
-        r = batch_copy(img, &b, IO_EV_L2_WRITE, buf, res);
+        r = batch_copy(img, p, &b, IO_EV_L2_WRITE, buf, res);
         if (r < 0)
                 return r;
         /* (C) */
@@ -1174,7 +1912,12 @@ static int release_tail(Qcow2Image *img, Plan *p, RelocResult *res) {
 }
 
 int qcow2_relocate(
-        Qcow2Image *img, bool simulate, uint64_t batch_bytes, RelocResult *ret, Qcow2Diag *diag) {
+        Qcow2Image *img,
+        bool simulate,
+        bool last_pass,
+        uint64_t batch_bytes,
+        RelocResult *ret,
+        Qcow2Diag *diag) {
         _cleanup_(plan_done) Plan p = { 0 };
         _cleanup_free_ uint8_t *buf = NULL;
         RelocResult res = { 0 };
@@ -1182,10 +1925,12 @@ int qcow2_relocate(
 
         if (!img->walked)
                 return -EINVAL;
-        r = plan_make(img, &p);
+        /* a simulation (dry run, inspect) estimates a plain pass: no re-packing below its end */
+        r = plan_make(img, &p, last_pass || simulate);
         if (r < 0)
                 return qcow2_diag(diag, r, "cannot plan the relocation: %s", strerror(-r));
         res.new_end_clusters = p.n;
+        res.optional_freed = p.optional_freed;
 
         if (simulate) {
                 for (size_t k = 0; k < p.nb_moves; k++)
@@ -1193,7 +1938,9 @@ int qcow2_relocate(
                 for (size_t k = 0; k < p.nb_runs; k++)
                         if (p.runs[k].move)
                                 res.clusters_moved += p.runs[k].n;
+                res.clusters_moved += p.stream_clusters;
                 res.bytes_moved = res.clusters_moved * img->cluster_size;
+                res.optional_freed = p.optional_freed;
                 *ret = res;
                 return 0;
         }
@@ -1221,6 +1968,7 @@ int qcow2_relocate(
         STEP(move_refblocks(img, &p, &res), "refcount blocks");
         STEP(move_runs_of(img, &p, RUN_REFTABLE, &res), "the refcount table");
         STEP(release_tail(img, &p, &res), "the tail");
+        STEP(slen_cache_update(img, &p), "the tail");
 #undef STEP
         qcow2_progress(img, "move", 1, 1);
         *ret = res;
@@ -1260,6 +2008,139 @@ static uint64_t fnv1a(const uint8_t *p, size_t n) {
         return h;
 }
 
+typedef struct SUnit {
+        size_t i;     /* stream */
+        uint64_t len; /* bytes compared: exact length, or the whole range */
+        uint64_t hash;
+} SUnit;
+
+static int cmp_sunit(const void *a, const void *b) {
+        const SUnit *x = a, *y = b;
+        if (x->len != y->len)
+                return x->len < y->len ? -1 : 1;
+        if (x->hash != y->hash)
+                return x->hash < y->hash ? -1 : 1;
+        return x->i < y->i ? -1 : x->i > y->i;
+}
+
+/* Reads stream i's range (zeros past the end of the file) into buf. */
+static int read_stream(Qcow2Image *img, size_t i, uint8_t *buf) {
+        const Stream *s = &img->streams[i];
+        uint64_t avail =
+                s->off < img->file_size ? MIN((uint64_t) s->len, img->file_size - s->off) : 0;
+        memset(buf, 0, s->len);
+        return avail ? io_pread(img->io, buf, avail, s->off) : 0;
+}
+
+/*
+ * Streams that hold the same bytes, one of them in over-counted clusters (an interrupted
+ * re-pack leaves a stream counted exactly with the references not switched yet, and its copy
+ * counted in full with the others): from the highest down, each is merged into the lowest
+ * identical one that has room for its references on every cluster it touches. Fills p's
+ * stream arrays (merges need no copy).
+ */
+static int merge_stream_twins(Qcow2Image *img, Plan *p, uint64_t *gain, size_t *ret_merged) {
+        _cleanup_free_ SUnit *u = NULL;
+        _cleanup_free_ uint8_t *a = NULL, *b = NULL, *out = NULL;
+        size_t nu = 0, ns = img->nb_streams, merged = 0;
+        int r;
+
+        *ret_merged = 0;
+        if (ns == 0)
+                return 0;
+        p->sdst = malloc(ns * sizeof(uint64_t));
+        p->sdlen = calloc(ns, sizeof(uint32_t));
+        p->scopied = calloc(DIV_ROUND_UP(ns, 8) + 1, 1);
+        p->squeued = calloc(DIV_ROUND_UP(ns, 8) + 1, 1);
+        p->xlen = calloc(ns, sizeof(uint32_t));
+        u = calloc(ns, sizeof(SUnit));
+        a = malloc(2 * img->cluster_size + 512);
+        b = malloc(2 * img->cluster_size + 512);
+        out = malloc(img->cluster_size);
+        if (!p->sdst || !p->sdlen || !p->scopied || !p->squeued || !p->xlen || !u || !a || !b ||
+            !out)
+                return -ENOMEM;
+        /*
+         * Only an over-counted cluster has room for more references, but the twin of a stream
+         * in one may lie anywhere (the source of an interrupted re-pack is counted exactly):
+         * when some stream touches an over-counted cluster, every stream is a unit.
+         */
+        bool any = false;
+        for (size_t i = 0; i < ns; i++) {
+                const Stream *s = &img->streams[i];
+                p->sdst[i] = UINT64_MAX;
+                for (uint64_t c = cluster_of(img, s->off);
+                     c <= stream_last_cluster(img, s) && c < img->nb_clusters;
+                     c++)
+                        any = any || bm_get(img->overcounted, c);
+        }
+        for (size_t i = 0; any && i < ns; i++) {
+                const Stream *s = &img->streams[i];
+                r = read_stream(img, i, a);
+                if (r < 0)
+                        return r;
+                size_t xl = 0;
+                if (qcow2_stream_length(img, a, s->len, out, &xl) < 0 || xl == 0 || xl > s->len)
+                        xl = s->len;
+                u[nu++] = (SUnit){ .i = i, .len = xl, .hash = fnv1a(a, xl) };
+        }
+        if (nu < 2)
+                return 0;
+        qsort(u, nu, sizeof(SUnit), cmp_sunit);
+        for (size_t g = 0; g < nu;) {
+                size_t e = g + 1;
+                while (e < nu && u[e].len == u[g].len && u[e].hash == u[g].hash)
+                        e++;
+                for (size_t x = e; x-- > g;) {
+                        const Stream *xs = &img->streams[u[x].i];
+                        bool xread = false;
+                        if (bm_get(p->squeued, u[x].i))
+                                continue; /* others were merged into it: it stays */
+                        /*
+                         * The lowest twin with room first; a higher one too: an interrupted
+                         * re-pack may have put the copy above the original (scratch).
+                         */
+                        for (size_t t = g; t < e; t++) {
+                                const Stream *ts = &img->streams[u[t].i];
+                                bool fits = t != x && p->sdst[u[t].i] == UINT64_MAX;
+                                for (uint64_t c = cluster_of(img, ts->off);
+                                     fits && c <= stream_last_cluster(img, ts);
+                                     c++)
+                                        fits = c < img->nb_clusters &&
+                                                img->refcount[c] >=
+                                                        qcow2_refs_of(img, c) + gain[c] + xs->refs;
+                                if (!fits)
+                                        continue;
+                                if (!xread) {
+                                        r = read_stream(img, u[x].i, b);
+                                        if (r < 0)
+                                                return r;
+                                        xread = true;
+                                }
+                                r = read_stream(img, u[t].i, a);
+                                if (r < 0)
+                                        return r;
+                                if (memcmp(a, b, u[x].len) != 0)
+                                        continue;
+                                for (uint64_t c = cluster_of(img, ts->off);
+                                     c <= stream_last_cluster(img, ts);
+                                     c++)
+                                        gain[c] += xs->refs;
+                                p->sdst[u[x].i] = ts->off;
+                                p->sdlen[u[x].i] = ts->len;
+                                bm_set(p->scopied, u[x].i);
+                                bm_set(p->squeued, u[t].i); /* a target: never merged away */
+                                merged++;
+                                break;
+                        }
+                }
+                g = e;
+        }
+        memset(p->squeued, 0, DIV_ROUND_UP(ns, 8) + 1);
+        *ret_merged = merged;
+        return 0;
+}
+
 int qcow2_merge_twins(Qcow2Image *img, uint64_t *ret_merged, Qcow2Diag *diag) {
         _cleanup_(plan_done) Plan p = { 0 };
         _cleanup_free_ Unit *units = NULL;
@@ -1276,24 +2157,11 @@ int qcow2_merge_twins(Qcow2Image *img, uint64_t *ret_merged, Qcow2Diag *diag) {
         units = calloc(img->nb_oc, sizeof(Unit));
         if (!units)
                 return -ENOMEM;
-        /* Units: over-counted data clusters and L2 tables, and compressed runs holding one. */
+        /* Units: over-counted data clusters and L2 tables (streams: merge_stream_twins). */
         for (size_t i = 0; i < img->nb_oc; i++) {
                 uint64_t c = img->oc[i].cluster;
                 ClusterKind k = img->kind[c];
-                if (k == CK_COMPRESSED) {
-                        uint64_t s = c, n = 1;
-                        while (s > 1 && bm_get(img->cjoin, s - 1) &&
-                               img->kind[s - 1] == CK_COMPRESSED)
-                                s--;
-                        while (bm_get(img->cjoin, s + n - 1) && s + n < img->nb_clusters &&
-                               img->kind[s + n] == CK_COMPRESSED)
-                                n++;
-                        if (nu > 0 && units[nu - 1].kind == CK_COMPRESSED &&
-                            units[nu - 1].start == s)
-                                continue; /* the run is in already */
-                        units[nu++] = (Unit){ .start = s, .n = n, .kind = (uint8_t) k };
-                        max_run = MAX(max_run, (size_t) n);
-                } else if (k == CK_DATA || k == CK_L2)
+                if (k == CK_DATA || k == CK_L2)
                         units[nu++] = (Unit){ .start = c, .n = 1, .kind = (uint8_t) k };
         }
         a = malloc(max_run * img->cluster_size);
@@ -1368,8 +2236,13 @@ int qcow2_merge_twins(Qcow2Image *img, uint64_t *ret_merged, Qcow2Diag *diag) {
                 g = e;
         }
 
-        if (p.nb_moves > 0) {
-                qsort(p.moves, p.nb_moves, sizeof(Move), cmp_move);
+        size_t smerged = 0;
+        r = merge_stream_twins(img, &p, gain, &smerged);
+        if (r < 0)
+                return r;
+        if (p.nb_moves > 0 || smerged > 0) {
+                if (p.nb_moves > 0)
+                        qsort(p.moves, p.nb_moves, sizeof(Move), cmp_move);
                 p.n = img->nb_clusters; /* nothing is past the end here */
                 r = move_data(img, &p, 32u << 20, buf, &res);
                 if (r >= 0)
@@ -1377,7 +2250,7 @@ int qcow2_merge_twins(Qcow2Image *img, uint64_t *ret_merged, Qcow2Diag *diag) {
                 if (r < 0)
                         return qcow2_diag(
                                 diag, r, "merging interrupted copies failed: %s", strerror(-r));
-                *ret_merged = p.nb_moves;
+                *ret_merged = p.nb_moves + smerged;
                 r = qcow2_walk(img, diag);
                 if (r < 0)
                         return r;

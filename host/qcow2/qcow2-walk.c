@@ -18,6 +18,8 @@ typedef struct WalkCtx {
         uint64_t last_host; /* for the preallocation heuristic */
         L1Ref *refs;        /* every L1 entry seen, grown as needed */
         size_t nb_refs, max_refs;
+        Stream *streams; /* every compressed entry path seen, grown as needed */
+        size_t nb_streams, max_streams;
 } WalkCtx;
 
 static inline void bit_set(uint8_t *bm, uint64_t i) {
@@ -36,6 +38,8 @@ void qcow2_walk_reset(Qcow2Image *img) {
         img->l1refs = mfree(img->l1refs);
         img->nb_l1refs = 0;
         img->cjoin = mfree(img->cjoin);
+        img->streams = mfree(img->streams);
+        img->nb_streams = 0;
         img->overcounted = mfree(img->overcounted);
         img->oc = mfree(img->oc);
         img->nb_oc = 0;
@@ -127,6 +131,44 @@ static int read_table_bytes(WalkCtx *ctx, void *buf, uint64_t len, uint64_t off,
         return 0;
 }
 
+/* One more path to the compressed stream at [off, off + len); merged after the walk. */
+static int add_stream(WalkCtx *ctx, uint64_t off, uint64_t len) {
+        if (ctx->nb_streams == ctx->max_streams) {
+                size_t c = MAX(ctx->max_streams * 2, (size_t) 64);
+                Stream *s = realloc(ctx->streams, c * sizeof(Stream));
+                if (!s)
+                        return -ENOMEM;
+                ctx->streams = s;
+                ctx->max_streams = c;
+        }
+        ctx->streams[ctx->nb_streams++] = (Stream){ .off = off, .len = (uint32_t) len, .refs = 1 };
+        return 0;
+}
+
+int qcow2_stream_cmp(const void *a, const void *b) {
+        const Stream *x = a, *y = b;
+        if (x->off != y->off)
+                return x->off < y->off ? -1 : 1;
+        return x->len < y->len ? -1 : x->len > y->len;
+}
+
+/* Sorts the recorded paths and merges those of one stream into one entry with its count. */
+static void merge_streams(WalkCtx *ctx) {
+        size_t n = 0;
+
+        if (ctx->nb_streams == 0)
+                return;
+        qsort(ctx->streams, ctx->nb_streams, sizeof(Stream), qcow2_stream_cmp);
+        for (size_t i = 0; i < ctx->nb_streams; i++) {
+                if (n > 0 && qcow2_stream_cmp(&ctx->streams[n - 1], &ctx->streams[i]) == 0) {
+                        ctx->streams[n - 1].refs += ctx->streams[i].refs;
+                        continue;
+                }
+                ctx->streams[n++] = ctx->streams[i];
+        }
+        ctx->nb_streams = n;
+}
+
 static int walk_l2(WalkCtx *ctx, uint64_t l1_index, const uint8_t *l2, bool active) {
         Qcow2Image *img = ctx->img;
         uint64_t reserved =
@@ -160,6 +202,9 @@ static int walk_l2(WalkCtx *ctx, uint64_t l1_index, const uint8_t *l2, bool acti
                                      c++)
                                         bm_set(img->cjoin, c);
                         r = add_ref(ctx, coff, clen, CK_COMPRESSED);
+                        if (r < 0)
+                                return r;
+                        r = add_stream(ctx, coff, clen);
                         if (r < 0)
                                 return r;
                         if (active)
@@ -555,6 +600,7 @@ static int check_copied(WalkCtx *ctx) {
 
 static void walk_ctx_done(WalkCtx *ctx) {
         free(ctx->refs);
+        free(ctx->streams);
 }
 
 static int cmp_l1ref(const void *a, const void *b) {
@@ -648,6 +694,9 @@ int qcow2_walk(Qcow2Image *img, Qcow2Diag *diag) {
                 qsort(ctx.refs, ctx.nb_refs, sizeof(L1Ref), cmp_l1ref);
         img->nb_l1refs = ctx.nb_refs;
         img->l1refs = TAKE_PTR(ctx.refs);
+        merge_streams(&ctx);
+        img->nb_streams = ctx.nb_streams;
+        img->streams = TAKE_PTR(ctx.streams);
         img->walked = true;
         return 0;
 }

@@ -3,7 +3,8 @@
  * crash-sweep: proves at the library level that a crash or an I/O error at any point of a
  * compaction leaves a valid image.
  *
- *   crash-sweep crash IMAGE WORKDIR [--every N] [--torn N] [--seed S]
+ *   crash-sweep crash IMAGE WORKDIR [--every N] [--torn N] [--seed S] [--batch BYTES]
+ *                     [--size-slack BYTES]
  *       Runs a compaction of a copy of IMAGE in memory under io-log, then rebuilds the file as
  *       a power cut would leave it: (a) after each flush, with nothing unflushed; (b) after
  *       each write, with every earlier write landed in order; (c) N times per epoch between two
@@ -12,7 +13,7 @@
  *       exits 0 or 3 (leaks only), `qemu-img compare` against IMAGE says identical, and a
  *       re-run of the compaction (library, on the file) ends with check exit 0 and the same
  *       size as the uninterrupted run.
- *   crash-sweep faults IMAGE WORKDIR [--once-only]
+ *   crash-sweep faults IMAGE WORKDIR [--once-only] [--batch BYTES]
  *       For every I/O event x {EIO, ENOSPC} x {once, always}, plus the nth write and flush
  *       failing: the compaction returns an error (or succeeds when the fault never fires), the
  *       image passes check (0 or 3) and compare, and a re-run completes with check exit 0.
@@ -33,11 +34,19 @@
 #include "macro.h"
 #include "qcow2.h"
 
+/* Barriers per batch of this many bytes of copies (--batch; small: moves span batches). */
+static uint64_t batch_bytes = 256 * 1024;
+/*
+ * How far a re-run may end from the uninterrupted run (--size-slack; 0: exactly there). Only
+ * for compressed images whose streams are re-packed: see docs/design.md, "Known limitations".
+ */
+static uint64_t size_slack = 0;
+
 static const char *orig_path, *workdir;
 static uint8_t *orig;
 static size_t orig_len;
 static uint64_t final_size;
-static unsigned long states_ok, states_failed;
+static unsigned long states_ok, states_failed, states_off_size;
 
 static int read_file(const char *path, uint8_t **ret, size_t *ret_len) {
         struct stat st;
@@ -129,7 +138,7 @@ static int compact_file(const char *path, uint64_t *ret_size, char *why, size_t 
                 r = qcow2_open(io, QCOW2_OPEN_WRITE, &img, &diag);
         if (r >= 0)
                 r = qcow2_compact(
-                        img, &(Qcow2CompactOptions){ .batch_bytes = 256 * 1024 }, &st, &diag);
+                        img, &(Qcow2CompactOptions){ .batch_bytes = batch_bytes }, &st, &diag);
         if (r >= 0)
                 *ret_size = st.file_size_after;
         else
@@ -190,15 +199,19 @@ static void verify_state(const char *label, const uint8_t *data, size_t len) {
                 states_failed++;
                 return;
         }
-        if (size != final_size) {
+        if (size > final_size + size_slack || size + size_slack < final_size) {
                 printf("FAIL %s: re-run ended at %" PRIu64 " bytes, uninterrupted run at %" PRIu64
                        "\n",
                        label,
                        size,
                        final_size);
                 states_failed++;
+                if (getenv("CRASH_SWEEP_STOP"))
+                        exit(1); /* keep state.qcow2(.before-rerun) for debugging */
                 return;
         }
+        if (size != final_size)
+                states_off_size++; /* within --size-slack */
         states_ok++;
 }
 
@@ -295,7 +308,7 @@ static int sweep_crash(unsigned every, unsigned torn_per_epoch) {
         r = qcow2_open(log, QCOW2_OPEN_WRITE, &img, &diag);
         if (r >= 0)
                 r = qcow2_compact(
-                        img, &(Qcow2CompactOptions){ .batch_bytes = 256 * 1024 }, &st, &diag);
+                        img, &(Qcow2CompactOptions){ .batch_bytes = batch_bytes }, &st, &diag);
         if (r < 0) {
                 fprintf(stderr, "compaction of the original failed: %s\n", diag.message);
                 return r;
@@ -370,7 +383,7 @@ static void fault_case(const IoFaultSpec *spec, const char *label) {
         r = qcow2_open(fault, QCOW2_OPEN_WRITE, &img, &diag);
         if (r >= 0)
                 r = qcow2_compact(
-                        img, &(Qcow2CompactOptions){ .batch_bytes = 256 * 1024 }, &st, &diag);
+                        img, &(Qcow2CompactOptions){ .batch_bytes = batch_bytes }, &st, &diag);
         qcow2_close(img);
         if (r >= 0 && io_fault_injected(fault) > 0) {
                 printf("FAIL %s: a fault was injected but the compaction reported success\n",
@@ -445,6 +458,10 @@ int main(int argc, char *argv[]) {
                         i--; /* takes no value */
                 } else if (strcmp(argv[i], "--seed") == 0)
                         rng_state = strtoull(argv[i + 1], NULL, 0) | 1;
+                else if (strcmp(argv[i], "--size-slack") == 0)
+                        size_slack = strtoull(argv[i + 1], NULL, 0);
+                else if (strcmp(argv[i], "--batch") == 0)
+                        batch_bytes = MAX(strtoull(argv[i + 1], NULL, 0), 1ULL);
         }
         r = read_file(orig_path, &orig, &orig_len);
         if (r < 0) {
@@ -467,6 +484,11 @@ int main(int argc, char *argv[]) {
         if (r < 0)
                 return 1;
         printf("%lu states passed, %lu failed\n", states_ok, states_failed);
+        if (size_slack > 0)
+                printf("%lu of the passed states ended within the size slack (%" PRIu64
+                       " bytes), not exactly at the uninterrupted size\n",
+                       states_off_size,
+                       size_slack);
         free(orig);
         return states_failed ? 1 : 0;
 }

@@ -64,6 +64,11 @@ offset inside it); refcount blocks that describe clusters below N count as singl
 It is min_clusters unless such runs do not fit in the holes: then a compactor that moves
 whole clusters (and not single streams) into holes cannot do better.
 
+min_clusters_packed = like min_clusters, but the compressed data counts as its live streams
+packed end to end (compressed_live_bytes: the exact length of every distinct stream, what its
+decoder consumes; its whole descriptor range when it does not decode) rounded up to clusters:
+the smallest file a compactor that re-packs streams one by one can reach.
+
 min_clusters = every distinct cluster referenced (header, every L1 table, the snapshot table,
 L2 tables, data clusters, host clusters touched by compressed streams, bitmap directory, bitmap
 tables and bitmap data clusters, refcount table) + the refcount blocks needed to cover exactly
@@ -285,6 +290,25 @@ class Image:
         nsect = ((e >> shift) & ((1 << (self.cluster_bits - 8)) - 1)) + 1
         return coff, nsect * 512 - (coff & 511)
 
+    def stream_length(self, e):
+        """bytes of the compressed stream itself (what a decoder consumes to produce one
+        cluster and reach the stream's end); the descriptor's whole range when unknown"""
+        coff, clen = self.compressed_range(e)
+        data = self.pread(coff, clen)
+        if self.compression_type == 0:
+            try:
+                d = zlib.decompressobj(-15)  # raw deflate
+                out = d.decompress(data)
+            except zlib.error:
+                return clen
+            if d.eof and len(out) == self.cs:
+                return len(data) - len(d.unused_data)
+        elif self.compression_type == 1:
+            n = zstd_frame_size(data)
+            if n and zstd_decompress(data, self.cs) is not None:
+                return n
+        return clen
+
     def inflate(self, e):
         """the cluster a compressed entry holds; None when it cannot be inflated here"""
         coff, clen = self.compressed_range(e)
@@ -360,6 +384,14 @@ class Image:
                 "consistent": bool(self.autoclear & 1), "entries": entries}
 
 _ZSTD = None
+
+
+def zstd_frame_size(data):
+    """bytes of the zstd frame at the start of data; None if unavailable/invalid"""
+    if zstd_decompress(b"", 0) is None and not _ZSTD:
+        return None
+    n = _ZSTD.ZSTD_findFrameCompressedSize(data, len(data))
+    return None if _ZSTD.ZSTD_isError(n) else n
 
 
 def zstd_decompress(data, size):
@@ -643,6 +675,8 @@ def info(path):
         elif d == zero_cluster:
             zc += 1
     out["compressed_inflate_errors"] = errs
+    live = sum(img.stream_length(e) for e in compressed_descr)
+    out["compressed_live_bytes"] = live
     out["compressed_zero_entries"] = None if errs else zc
     out["zero_content_clusters"] = zero_content
     out["ext_alloc_subclusters"] = ext_alloc
@@ -686,6 +720,8 @@ def info(path):
     n0 = sum(1 for c in refs if c not in rb_clusters)
     out["min_clusters"] = min_clusters(cs, img.refcount_bits, n0)
     out["min_size"] = out["min_clusters"] * cs
+    n0p = sum(1 for c in refs if c not in rb_clusters and c not in compressed_hosts)
+    out["min_clusters_packed"] = min_clusters(cs, img.refcount_bits, n0p + (live + cs - 1) // cs)
 
     table_runs = [(img.rt_off // cs, img.rt_clusters)]
     for l1_off, l1_size in [(img.l1_off, img.l1_size)] + [(sn["l1_offset"], sn["l1_size"])

@@ -1,7 +1,7 @@
 #!/bin/bash
 # SPDX-License-Identifier: LGPL-2.1-or-later
-# Compressed clusters (qemu-img convert -c, qemu-io write -c), deflate and zstd, 4 KiB and
-# 64 KiB clusters: compressed clusters that inflate to zeros are released, the others are
+# Compressed clusters (qemu-img convert -c, qemu-io write -c), deflate and zstd, 512-byte,
+# 4 KiB, 64 KiB and 2 MiB clusters: compressed clusters that inflate to zeros are released, the others are
 # moved as byte ranges (streams share host clusters and may span two of them) into the holes
 # left by overwritten, discarded and zeroed compressed clusters; afterwards check is clean,
 # the contents are identical and the file is as small as the oracle says it can be.
@@ -44,7 +44,7 @@ run() {
         # all 40 clusters but the 2 incompressible ones
         expect_eq "$what: compressed entries after convert" "$(ora "$img" compressed_entries)" 38
         # room for compressed writes (QEMU compresses only into unallocated clusters)
-        qemu-img resize -q -f qcow2 "$img" 16M || fail "qemu-img resize $img"
+        qemu-img resize -q -f qcow2 "$img" $((48 * cs)) || fail "qemu-img resize $img"
         # compressed clusters overwritten with zeros (a new normal cluster that is all
         # zeros), with data (a normal cluster); compressed writes of zeros and of data; then
         # (last, so that QEMU does not fill the holes again) compressed clusters discarded
@@ -67,11 +67,10 @@ run() {
         expect_rc 0 "inspect $img"
         expect_eq "$what: inspect compressed_clusters" \
                 "$(jget "$T/inspect.json" compressed_clusters)" 20
-        # left: 0x77 and the 2 random ones (normal), 11 compressed ones. Streams that span
-        # two host clusters tie clusters into runs that move whole: the smallest file is the
-        # oracle's min_clusters_whole (min_clusters when the runs fit the holes, as here: the
-        # discarded 10-25 left room; test-compressed-runs.sh has runs that do not fit)
-        MIN_KEY=min_clusters_whole compact_verify_views "$img" 3 1
+        # left: 0x77 and the 2 random ones (normal), 11 compressed ones. Streams are
+        # re-packed one by one: the smallest file is the oracle's min_clusters_packed (the
+        # live streams' exact bytes packed end to end, rounded up to clusters, plus the rest)
+        MIN_KEY=min_clusters_packed compact_verify_views "$img" 3 1
         expect_eq "$what: compressed entries after" "$(jget "$T/after.json" compressed_entries)" 11
         moved=$(jget "$T/out.json" clusters_moved)
         ((moved > 0)) || fail "$what: clusters after the holes must have been moved (clusters_moved=$moved)"
@@ -90,10 +89,13 @@ run() {
                 fail "$what: clusters 4-5 differ from the source"
         cmp -s -i $((26 * cs)) -n $((10 * cs)) "$T/src.raw" "$T/after.raw" ||
                 fail "$what: clusters 26-35 differ from the source"
-        log "$what: compressed host clusters $(jget "$T/c.json" compressed_host_clusters) -> $(jget "$T/after.json" compressed_host_clusters), moved $moved, min_clusters $(jget "$T/after.json" min_clusters), min_clusters_whole $(jget "$T/after.json" min_clusters_whole)"
+        log "$what: compressed host clusters $(jget "$T/c.json" compressed_host_clusters) -> $(jget "$T/after.json" compressed_host_clusters), moved $moved, min_clusters $(jget "$T/after.json" min_clusters), min_clusters_whole $(jget "$T/after.json" min_clusters_whole), min_clusters_packed $(jget "$T/after.json" min_clusters_packed)"
 }
 
 run 65536 zlib
 run 4096 zlib
 run 65536 zstd
 run 4096 zstd
+run 512 zlib
+run 512 zstd
+run 2097152 zstd

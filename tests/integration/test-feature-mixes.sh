@@ -53,14 +53,14 @@ expect_rc 0 "inspect $img"
 expect_eq "snap+compressed: inspect snapshots" "$(jget "$T/inspect.json" snapshots)" 1
 expect_eq "snap+compressed: inspect compressed_clusters" \
         "$(jget "$T/inspect.json" compressed_clusters)" 18
-MIN_KEY=min_clusters_whole compact_verify_views "$img" 2 1
+MIN_KEY=min_clusters_packed compact_verify_views "$img" 2 1
 expect_eq "snap+compressed: compressed entries after" "$(jget "$T/after.json" compressed_entries)" 14
 qio "$img" "read -P 0x77 0 $((2 * CS))" "read -P 0 $((8 * CS)) $((8 * CS))" \
         "read -P 0 $((20 * CS)) $CS" "read -P 0x55 $((30 * CS)) $CS"
 qemu-img convert -f qcow2 -O raw "$img" "$T/after.raw" || fail "convert to raw"
 cmp -s -i $((16 * CS)) -n $((4 * CS)) "$T/src.raw" "$T/after.raw" ||
         fail "snap+compressed: clusters 16-19 differ from the source"
-log "snap+compressed: min_clusters $(jget "$T/after.json" min_clusters), min_clusters_whole $(jget "$T/after.json" min_clusters_whole)"
+log "snap+compressed: min_clusters $(jget "$T/after.json" min_clusters), min_clusters_whole $(jget "$T/after.json" min_clusters_whole), min_clusters_packed $(jget "$T/after.json" min_clusters_packed)"
 
 # ---- snapshots + bitmaps, 4 KiB clusters (one L2 table maps 2 MiB):
 #   bm0 and bm1 (512 B granularity); 0-512k data, 512k-768k zeros; snapshot s1; 0-128k

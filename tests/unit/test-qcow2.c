@@ -15,6 +15,8 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <zlib.h>
+#include <zstd.h>
 
 #include "io.h"
 #include "qcow2-internal.h"
@@ -605,6 +607,73 @@ static void test_inspect_and_dry_run_agree(void **state) {
         free(b.data);
 }
 
+/* Raw deflate (QEMU's window of 4 KiB) of len bytes of in into out; returns the stream's size. */
+static size_t deflate_raw(const uint8_t *in, size_t len, uint8_t *out, size_t cap) {
+        z_stream z = { 0 };
+        assert_int_equal(
+                deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY),
+                Z_OK);
+        z.next_in = (Bytef *) (uintptr_t) in;
+        z.avail_in = (uInt) len;
+        z.next_out = out;
+        z.avail_out = (uInt) cap;
+        assert_int_equal(deflate(&z, Z_FINISH), Z_STREAM_END);
+        size_t n = z.total_out;
+        (void) deflateEnd(&z);
+        return n;
+}
+
+/* The exact length of a compressed stream, followed by other bytes (the next stream). */
+static void test_stream_length(void **state) {
+        enum { CS = 4096 };
+        Qcow2Image img = { .cluster_size = CS };
+        uint8_t data[CS], half[CS], buf[3 * CS], out[CS];
+        size_t n, got = 0;
+
+        for (size_t i = 0; i < CS; i++) {
+                data[i] = (uint8_t) (i % 7 + 'a');
+                half[i] = i < CS / 2 ? (uint8_t) (i * 2654435761u >> 13) : 'x';
+        }
+        for (int t = 0; t < 2; t++) {
+                const uint8_t *src = t ? half : data;
+                /* deflate */
+                img.compression_type = 0;
+                memset(buf, 0x5a, sizeof(buf));
+                n = deflate_raw(src, CS, buf, sizeof(buf));
+                assert_true(n > 0 && n < CS);
+                assert_int_equal(qcow2_stream_length(&img, buf, n + 700, out, &got), 0);
+                assert_int_equal(got, n);
+                assert_memory_equal(out, src, CS);
+                assert_int_equal(qcow2_stream_length(&img, buf, n, out, &got), 0);
+                assert_int_equal(got, n);
+                got = 1;
+                assert_int_equal(qcow2_stream_length(&img, buf, n - 1, out, &got), -EBADMSG);
+                assert_int_equal(got, 1); /* untouched on failure */
+                /* zstd: one frame */
+                img.compression_type = 1;
+                memset(buf, 0xa5, sizeof(buf));
+                n = ZSTD_compress(buf, sizeof(buf), src, CS, 3);
+                assert_false(ZSTD_isError(n));
+                assert_int_equal(qcow2_stream_length(&img, buf, n + 511, out, &got), 0);
+                assert_int_equal(got, n);
+                assert_memory_equal(out, src, CS);
+                assert_int_equal(qcow2_stream_length(&img, buf, n - 1, out, &got), -EBADMSG);
+        }
+        /* a stream that decodes to less than one cluster has no known length */
+        img.compression_type = 0;
+        n = deflate_raw(data, CS / 2, buf, sizeof(buf));
+        assert_int_equal(qcow2_stream_length(&img, buf, n + 100, out, &got), -EBADMSG);
+        img.compression_type = 1;
+        n = ZSTD_compress(buf, sizeof(buf), data, CS / 2, 3);
+        assert_int_equal(qcow2_stream_length(&img, buf, n + 100, out, &got), -EBADMSG);
+        /* garbage */
+        memset(buf, 0xff, sizeof(buf));
+        assert_int_equal(qcow2_stream_length(&img, buf, 600, out, &got), -EBADMSG);
+        img.compression_type = 0;
+        assert_int_equal(qcow2_stream_length(&img, buf, 600, out, &got), -EBADMSG);
+        (void) state;
+}
+
 static void test_preallocated_skipped(void **state) {
         uint16_t content[64];
         for (size_t i = 0; i < ELEMENTSOF(content); i++)
@@ -761,6 +830,7 @@ int main(void) {
                 cmocka_unit_test(test_inspect_and_dry_run_agree),
                 cmocka_unit_test(test_preallocated_skipped),
                 cmocka_unit_test(test_scan_announces_short_runs_only),
+                cmocka_unit_test(test_stream_length),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
