@@ -10,20 +10,39 @@
 
 #include "qcow2-internal.h"
 
-static int inflate_deflate(const uint8_t *in, size_t in_len, uint8_t *out, size_t out_len) {
+/* Raw deflate (QEMU's 4 KiB window) of in into out; *ret_total_in: input bytes consumed.
+ * Returns inflate()'s result, or Z_MEM_ERROR when it could not start. */
+static int run_deflate(
+        const uint8_t *in,
+        size_t in_len,
+        uint8_t *out,
+        size_t out_len,
+        size_t *ret_left,
+        size_t *ret_total_in) {
         z_stream z = { 0 };
         int r;
 
         if (inflateInit2(&z, -12) != Z_OK)
-                return -ENOMEM;
+                return Z_MEM_ERROR;
         z.next_in = (Bytef *) (uintptr_t) in;
         z.avail_in = (uInt) in_len;
         z.next_out = out;
         z.avail_out = (uInt) out_len;
         r = inflate(&z, Z_FINISH);
         (void) inflateEnd(&z);
+        *ret_left = z.avail_out;
+        *ret_total_in = z.total_in;
+        return r;
+}
+
+static int inflate_deflate(const uint8_t *in, size_t in_len, uint8_t *out, size_t out_len) {
+        size_t left, used;
+        int r = run_deflate(in, in_len, out, out_len, &left, &used);
+
+        if (r == Z_MEM_ERROR)
+                return -ENOMEM;
         /* Z_BUF_ERROR with a full output is fine: the stream went on past one cluster. */
-        if ((r == Z_STREAM_END || r == Z_BUF_ERROR || r == Z_OK) && z.avail_out == 0)
+        if ((r == Z_STREAM_END || r == Z_BUF_ERROR || r == Z_OK) && left == 0)
                 return 0;
         return -EBADMSG;
 }
@@ -56,20 +75,14 @@ int qcow2_decompress(const Qcow2Image *img, const uint8_t *in, size_t in_len, ui
 }
 
 static int length_deflate(const uint8_t *in, size_t in_len, uint8_t *out, size_t out_len) {
-        z_stream z = { 0 };
-        int r;
+        size_t left, used;
+        int r = run_deflate(in, in_len, out, out_len, &left, &used);
 
-        if (inflateInit2(&z, -12) != Z_OK)
+        if (r == Z_MEM_ERROR)
                 return -ENOMEM;
-        z.next_in = (Bytef *) (uintptr_t) in;
-        z.avail_in = (uInt) in_len;
-        z.next_out = out;
-        z.avail_out = (uInt) out_len;
-        r = inflate(&z, Z_FINISH);
-        (void) inflateEnd(&z);
         /* Only a stream that ends (final block) exactly after one cluster has a known length. */
-        if (r == Z_STREAM_END && z.avail_out == 0 && z.total_in > 0 && z.total_in <= in_len)
-                return (int) z.total_in;
+        if (r == Z_STREAM_END && left == 0 && used > 0 && used <= in_len)
+                return (int) used;
         return -EBADMSG;
 }
 
