@@ -52,8 +52,8 @@ typedef struct AgentConfig {
         char *reserve_spec;    /* as given, for messages and --json */
         AgentStrv filesystems; /* only these; empty = every eligible filesystem */
         AgentStrv excludes;
-        char *port;   /* the virtio-serial port device */
-        char *socket; /* a UNIX socket instead of the port (tests); NULL: use the port */
+        char *port;           /* the virtio-serial port device */
+        char *socket;         /* a UNIX socket instead of the port (tests); NULL: use the port */
         char *control_socket; /* serve's local socket for run's hand-over (docs/agent.md) */
 } AgentConfig;
 
@@ -75,8 +75,8 @@ bool agent_mode_allows_zero(AgentMode m);
 
 /*
  * Fills *c with the built-in defaults (mode auto, rate 50M, reserve "10%,2G", the default
- * port and control socket, no filesystem or exclude). Returns 0 or -ENOMEM; on failure *c is left empty (safe to
- * pass to agent_config_done()).
+ * port and control socket, no filesystem or exclude). Returns 0 or -ENOMEM; on failure *c is left
+ * empty (safe to pass to agent_config_done()).
  */
 int agent_config_init(AgentConfig *c);
 

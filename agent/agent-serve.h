@@ -36,13 +36,21 @@
  */
 int agent_serve(const AgentConfig *config, bool dry_run);
 
+/* How agent_report_once() got the report out. */
+#define AGENT_REPORT_VIA_CHANNEL 1 /* written to the host over the port (or socket) */
+#define AGENT_REPORT_VIA_SERVE 2   /* handed to reclaim-agent serve, which holds the port */
+
 /*
  * Sends rep (borrowed) as a Report with in_reply_to 0 over the channel config names: connect
  * (retrying with back-off while the host is absent), Hello, wait for HelloAck (answering
- * Ping), Report, and wait until it is written, all within timeout_ns. stop (may be NULL): when
- * it becomes non-zero, give up at the next check (every 100 ms at most). Returns 1 when the
- * report was written, 0 when no host took it in time (logged at notice level), -errno for
- * -ENOMEM or a bad channel path. Never blocks beyond timeout_ns (plus one 100 ms slice).
+ * Ping), Report, and wait until it is written, all within timeout_ns. When the port is held
+ * by another process (EBUSY: serve has it), hands the report to serve on
+ * config->control_socket instead (agent-handoff.h) and waits for its answer in the time
+ * left. stop (may be NULL): when it becomes non-zero, give up at the next check (every
+ * 100 ms at most). Returns AGENT_REPORT_VIA_CHANNEL when the report was written,
+ * AGENT_REPORT_VIA_SERVE when serve acknowledged it, 0 when neither took it in time (logged
+ * at notice level), -errno for -ENOMEM or a bad channel path. Never blocks beyond timeout_ns
+ * (plus one 100 ms slice).
  */
 int agent_report_once(
         const AgentConfig *config,
