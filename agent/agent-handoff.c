@@ -369,8 +369,11 @@ static int handoff_connect(const char *path, uint64_t deadline, const volatile s
                         return negative_errno();
                 if (connect(fd, (struct sockaddr *) &sa, sizeof(sa)) >= 0)
                         return TAKE_FD(fd);
-                /* EAGAIN: serve's backlog is full (it takes one client at a time). */
-                if (errno != EAGAIN || agent_now_ns() >= deadline || stopped(stop))
+                /* EAGAIN: serve's backlog is full (it takes one client at a time).
+                 * ENOENT/ECONNREFUSED: serve holds the port but may not be listening yet
+                 * (just started); the port being busy says someone is there. */
+                if ((errno != EAGAIN && errno != ENOENT && errno != ECONNREFUSED) ||
+                    agent_now_ns() >= deadline || stopped(stop))
                         return negative_errno();
                 (void) nanosleep(&ts, NULL);
         }

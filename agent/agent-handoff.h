@@ -92,7 +92,8 @@ int agent_handoff_unpack(
 
 /*
  * run's side: connects to serve's control socket at path, sends rep (borrowed) as a Report
- * (seq 1, in_reply_to 0) and waits for serve's Pong, all within timeout_ns; stop (may be
+ * (seq 1, in_reply_to 0) and waits for serve's Pong, all within timeout_ns (nobody listening
+ * yet is retried every 100 ms: serve may have just started); stop (may be
  * NULL) ends the wait early when it becomes non-zero. Returns 1 when serve acknowledged,
  * 0 when it did not (nobody listening, no answer in time, a wrong answer; logged at notice
  * level), -ENOMEM or -EINVAL.
