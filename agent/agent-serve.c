@@ -141,6 +141,7 @@ typedef struct Serve {
         AgentRunReport *undelivered; /* finished while no host was there */
         AgentHandoff *handoff;       /* the control socket; NULL when it could not be set up */
         Reclaim__Envelope *handed;   /* the newest report run handed over, not yet sent */
+        uint64_t handoff_retry_at;   /* after an accept() error: not polled until then */
         uint64_t last_progress_ns;
 
         int sigfd, evfd;
@@ -244,7 +245,9 @@ static void serve_take_handed(Serve *s, Reclaim__Envelope *m) {
                         serve_disconnect(s, r);
         }
         if (m) {
-                log_info("Report of a run handed over on the control socket kept for the host");
+                log_info(
+                        "Report of a run handed over on the control socket kept for the host%s",
+                        s->handed ? "; it replaces an older hand-over the host never got" : "");
                 envelope_free(s->handed);
                 s->handed = m;
         }
@@ -258,9 +261,12 @@ static void serve_on_handoff(Serve *s) {
         int r;
 
         r = agent_handoff_process(s->handoff, &m);
-        if (r < 0)
+        if (r < 0) {
+                /* e.g. EMFILE: the connection stays pending and the listener readable; do
+                 * not spin on it, look again in a second. */
                 log_warning_errno(r, "Control socket: %m");
-        else if (r > 0)
+                s->handoff_retry_at = agent_now_ns() + PROGRESS_INTERVAL_NS;
+        } else if (r > 0)
                 serve_take_handed(s, m);
 }
 
@@ -627,7 +633,9 @@ int agent_serve(const AgentConfig *config, bool dry_run) {
                         };
                 }
                 /* Not while stopping: a report taken now could not be delivered. */
-                if (s.handoff && !s.terminating) {
+                if (s.handoff && !s.terminating && now < s.handoff_retry_at)
+                        deadline = MIN(deadline, s.handoff_retry_at);
+                else if (s.handoff && !s.terminating) {
                         ho_idx = n;
                         p[n++] = (struct pollfd){
                                 .fd = agent_handoff_fd(s.handoff),

@@ -5,7 +5,8 @@
 # control socket; serve forwards it to the host (fake-host handoff).
 #  1. host there: fake-host gets the run's Report (in_reply_to 0, the run's figures) and
 #     `run --json` says report_sent true, report_via serve;
-#  2. host away: serve takes the report anyway and delivers it once the host answers Hello;
+#  2. host away: serve takes the reports anyway (two runs: the newer replaces the older) and
+#     delivers the newest once the host answers Hello;
 #  3. bad clients on the control socket (garbage, an oversized length, a frame that is not a
 #     Report, half a frame, a silent client): no answer to any, serve keeps serving and the
 #     next run's report still reaches the host;
@@ -130,12 +131,17 @@ host_start --go-file "$T/go"
 serve_start
 agent run --port "$PORT" --control-socket "$CTL" --mode trim --filesystem "$MNT" --json
 [[ $(jget 'j["report_sent"]') == True ]] || fail "host away: report_sent is not true: $(cat "$T/err")"
+agent run --port "$PORT" --control-socket "$CTL" --mode zero --rate 0 --reserve 0 \
+        --filesystem "$MNT" --json
+[[ $(jget 'j["report_sent"]') == True ]] || fail "host away: report_sent is not true: $(cat "$T/err")"
 touch "$T/go"
 host_wait
 check_handed_run 1
+[[ $(hget report1.fs0.method) == zero ]] || fail "host away: got the older report ($(hget report1.fs0.method))"
 grep -q "kept for the host" "$T/serve.err" || fail "serve did not say it kept the report: $(cat "$T/serve.err")"
+grep -q "replaces an older hand-over" "$T/serve.err" || fail "serve did not say it replaced the older report"
 serve_stop
-log "host away: the report was kept and delivered when the host came"
+log "host away: the newest report was kept and delivered when the host came"
 
 # 3. bad clients, then a good run
 host_start --reports 1
