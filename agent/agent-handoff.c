@@ -173,17 +173,25 @@ int agent_handoff_new(const char *path, AgentHandoff **ret) {
         r = make_parent_dir(path);
         if (r < 0)
                 return r;
-        /* A socket left by a serve that was killed: replace it. Anything else is not ours. */
+        memcpy(sa.sun_path, path, strlen(path));
+        /* A socket left by a serve that was killed: replace it. One somebody listens on
+         * belongs to a serve that is running: leave it alone. Anything else is not ours. */
         if (lstat(path, &st) == 0) {
+                _cleanup_close_ int probe = -1;
+
                 if (!S_ISSOCK(st.st_mode))
                         return -EEXIST;
+                probe = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+                if (probe < 0)
+                        return negative_errno();
+                if (connect(probe, (struct sockaddr *) &sa, sizeof(sa)) >= 0 || errno == EAGAIN)
+                        return -EADDRINUSE;
                 if (unlink(path) < 0)
                         return negative_errno();
         }
         h->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (h->listen_fd < 0)
                 return negative_errno();
-        memcpy(sa.sun_path, path, strlen(path));
         /* 0600 from the start: no window in which others could connect. serve has no other
          * thread yet, so the process-wide umask is ours for the moment. */
         old_umask = umask(0177);

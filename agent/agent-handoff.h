@@ -38,7 +38,8 @@ typedef struct AgentHandoff AgentHandoff;
  * Creates the control socket at path (borrowed): its directory is created 0700 if missing
  * (one level), a stale socket file is replaced, the socket is made 0600 and listens,
  * non-blocking. Returns 0 and a new server in *ret (caller frees with agent_handoff_free()),
- * or -EINVAL (relative or too long a path), -ENOMEM, -errno from mkdir/socket/bind/listen.
+ * or -EINVAL (relative or too long a path), -EEXIST (path is not a socket), -EADDRINUSE
+ * (another serve listens there), -ENOMEM, -errno from mkdir/socket/bind/listen.
  */
 int agent_handoff_new(const char *path, AgentHandoff **ret);
 

@@ -241,7 +241,12 @@ static void serve_take_handed(Serve *s, Reclaim__Envelope *m) {
                         log_info(
                                 "Report of a run handed over on the control socket sent to the host");
                         m = envelope_free(m);
-                } else if (r != -ENOBUFS && r != -EMSGSIZE)
+                } else if (r == -EMSGSIZE) {
+                        /* Re-packed with our seq it no longer fits (it was at the cap):
+                         * keeping it would not change that. */
+                        log_warning_errno(r, "Cannot send a handed-over report: %m");
+                        m = envelope_free(m);
+                } else if (r != -ENOBUFS)
                         serve_disconnect(s, r);
         }
         if (m) {

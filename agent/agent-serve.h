@@ -3,7 +3,8 @@
 
 /*
  * The agent's conversations with the host: the long-running `serve` loop, and the one report
- * that `run` sends when it is done.
+ * that `run` sends when it is done (through serve's control socket when serve holds the port:
+ * agent-handoff.h).
  *
  * serve: one thread runs a poll() loop over the channel, a signalfd (SIGTERM, SIGINT) and an
  * eventfd the worker thread signals when a run ends. A ReclaimRequest starts agent_run() in a
@@ -28,7 +29,10 @@
 #define AGENT_REPORT_TIMEOUT_NS (UINT64_C(5) * 1000 * 1000 * 1000)
 
 /*
- * Runs the serve loop with config (borrowed) until SIGTERM or SIGINT. Blocks SIGTERM, SIGINT
+ * Runs the serve loop with config (borrowed) until SIGTERM or SIGINT. It also listens on
+ * config->control_socket for reports handed over by `run` (one client at a time, polled by
+ * the same loop), sends them to the host with in_reply_to 0, or keeps the newest for the next
+ * HelloAck; without that socket (an error, logged) it serves the host alone. Blocks SIGTERM, SIGINT
  * and SIGPIPE in the calling thread (and so in the worker). dry_run: runs report what they
  * would do. Returns 0 after a signal (a running reclaim was cancelled and its report sent if a
  * host was there), or -errno when the loop could not be set up or failed (-ENOMEM, signalfd

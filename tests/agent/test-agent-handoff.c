@@ -326,6 +326,33 @@ static void test_server_report(void **state) {
         (void) close(fd);
 }
 
+/* A second serve must not take a running serve's socket; a stale one (nobody listening) is
+ * replaced. */
+static void test_server_takeover(void **state) {
+        Fixture *fx = *state;
+        AgentHandoff *h2 = NULL;
+        struct stat st;
+
+        assert_int_equal(agent_handoff_new(fx->path, &h2), -EADDRINUSE);
+        assert_null(h2);
+        assert_int_equal(stat(fx->path, &st), 0);
+
+        /* the first one goes away without removing its file (as if killed) */
+        fx->h = agent_handoff_free(fx->h);
+        {
+                struct sockaddr_un sa = { .sun_family = AF_UNIX };
+                int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+                assert_true(fd >= 0);
+                memcpy(sa.sun_path, fx->path, strlen(fx->path));
+                assert_int_equal(bind(fd, (struct sockaddr *) &sa, sizeof(sa)), 0);
+                (void) close(fd); /* bound, never listened: a stale file */
+        }
+        assert_int_equal(agent_handoff_new(fx->path, &fx->h), 0);
+        assert_int_equal(stat(fx->path, &st), 0);
+        assert_int_equal(st.st_mode & 0777, 0600);
+}
+
 static void test_send_without_serve(void **state) {
         _cleanup_(agent_run_report_freep) AgentRunReport *rep = one_fs_report();
 
@@ -357,6 +384,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_server_modes, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_server_bad_clients, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_server_report, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_server_takeover, setup, teardown),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
