@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 
 #include "agent-config.h"
 #include "macro.h"
@@ -74,7 +75,8 @@ int agent_config_init(AgentConfig *c) {
                 return r;
         c->reserve_spec = strdup(AGENT_RESERVE_DEFAULT);
         c->port = strdup(AGENT_PORT_DEFAULT);
-        if (!c->reserve_spec || !c->port) {
+        c->control_socket = strdup(AGENT_CONTROL_SOCKET_DEFAULT);
+        if (!c->reserve_spec || !c->port || !c->control_socket) {
                 agent_config_done(c);
                 return -ENOMEM;
         }
@@ -85,6 +87,7 @@ void agent_config_done(AgentConfig *c) {
         free(c->reserve_spec);
         free(c->port);
         free(c->socket);
+        free(c->control_socket);
         agent_strv_done(&c->filesystems);
         agent_strv_done(&c->excludes);
         *c = (AgentConfig){};
@@ -114,7 +117,8 @@ static int replace_string(char **p, const char *value) {
 
 static bool is_path_key(const char *key) {
         return strcmp(key, "filesystem") == 0 || strcmp(key, "exclude") == 0 ||
-                strcmp(key, "port") == 0 || strcmp(key, "socket") == 0;
+                strcmp(key, "port") == 0 || strcmp(key, "socket") == 0 ||
+                strcmp(key, "control_socket") == 0;
 }
 
 static int invalid(const char **ret_reason, const char *reason) {
@@ -172,6 +176,12 @@ int agent_config_set(AgentConfig *c, const char *key, const char *value, const c
                         return agent_strv_push(&c->excludes, value);
                 if (strcmp(key, "port") == 0)
                         return replace_string(&c->port, value);
+                if (strcmp(key, "control_socket") == 0) {
+                        /* serve binds it and run connects to it: it must fit sun_path. */
+                        if (strlen(value) >= sizeof(((struct sockaddr_un *) NULL)->sun_path))
+                                return invalid(ret_reason, "path too long for a socket");
+                        return replace_string(&c->control_socket, value);
+                }
                 return replace_string(&c->socket, value);
         }
         return -ENOENT;

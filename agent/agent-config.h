@@ -13,6 +13,7 @@
  *     filesystem = /           ; repeatable: only these (default: every eligible one)
  *     exclude = /var/lib/big   ; repeatable
  *     port = /dev/virtio-ports/org.reclaim.agent.0
+ *     control_socket = /run/reclaim-agent/serve.sock  ; where serve takes run's reports
  */
 
 #include <stdbool.h>
@@ -23,10 +24,12 @@
 
 #define AGENT_CONFIG_FILE_DEFAULT "/etc/reclaim/agent.conf"
 #define AGENT_PORT_DEFAULT "/dev/virtio-ports/org.reclaim.agent.0"
+/* serve listens here for the reports of runs that find the port held (docs/agent.md). */
+#define AGENT_CONTROL_SOCKET_DEFAULT "/run/reclaim-agent/serve.sock"
 #define AGENT_MODE_DEFAULT AGENT_MODE_AUTO
 #define AGENT_RATE_DEFAULT (UINT64_C(50) << 20)
 #define AGENT_RESERVE_DEFAULT "10%,2G"
-/* Longest path accepted for filesystem, exclude, port and socket. */
+/* Longest path accepted for filesystem, exclude, port and socket (control_socket: sun_path). */
 #define AGENT_CONFIG_PATH_MAX 4095
 
 typedef enum AgentMode {
@@ -49,8 +52,9 @@ typedef struct AgentConfig {
         char *reserve_spec;    /* as given, for messages and --json */
         AgentStrv filesystems; /* only these; empty = every eligible filesystem */
         AgentStrv excludes;
-        char *port;   /* the virtio-serial port device */
-        char *socket; /* a UNIX socket instead of the port (tests); NULL: use the port */
+        char *port;           /* the virtio-serial port device */
+        char *socket;         /* a UNIX socket instead of the port (tests); NULL: use the port */
+        char *control_socket; /* serve's local socket for run's hand-over (docs/agent.md) */
 } AgentConfig;
 
 /* Appends a copy of s. Returns 0 or -ENOMEM (the list is unchanged then). */
@@ -71,8 +75,8 @@ bool agent_mode_allows_zero(AgentMode m);
 
 /*
  * Fills *c with the built-in defaults (mode auto, rate 50M, reserve "10%,2G", the default
- * port, no filesystem or exclude). Returns 0 or -ENOMEM; on failure *c is left empty (safe to
- * pass to agent_config_done()).
+ * port and control socket, no filesystem or exclude). Returns 0 or -ENOMEM; on failure *c is left
+ * empty (safe to pass to agent_config_done()).
  */
 int agent_config_init(AgentConfig *c);
 
@@ -80,7 +84,8 @@ int agent_config_init(AgentConfig *c);
 void agent_config_done(AgentConfig *c);
 
 /*
- * Sets one key ("mode", "rate", "reserve", "filesystem", "exclude", "port", "socket") from its
+ * Sets one key ("mode", "rate", "reserve", "filesystem", "exclude", "port", "socket",
+ * "control_socket") from its
  * text value; filesystem and exclude append. Returns 0; -ENOENT for an unknown key; -EINVAL for
  * a bad value, then *ret_reason (when not NULL) points at a static explanation for the user;
  * -ERANGE for a number that overflows; -ENOMEM. *c is unchanged on failure. Borrows key and

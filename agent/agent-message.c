@@ -269,7 +269,13 @@ static Reclaim__Outcome outcome_to_proto(AgentOutcome o) {
         }
 }
 
-int agent_send_report(AgentChannel *c, const AgentRunReport *rep, uint64_t in_reply_to) {
+/* Builds the Report for rep and calls emit with it, halving the filesystem list while emit
+ * says -EMSGSIZE. Returns what emit returned last. */
+static int report_emit(
+        const AgentRunReport *rep,
+        uint64_t in_reply_to,
+        int (*emit)(Reclaim__Envelope *m, void *userdata),
+        void *userdata) {
         _cleanup_free_ Reclaim__FsReport *fs = NULL;
         _cleanup_free_ Reclaim__FsReport **ptrs = NULL;
         Reclaim__Envelope m;
@@ -278,8 +284,6 @@ int agent_send_report(AgentChannel *c, const AgentRunReport *rep, uint64_t in_re
         size_t n;
         int k;
 
-        if (!c || !rep)
-                return -EINVAL;
         fs = calloc(rep->n + 1, sizeof(*fs));
         ptrs = calloc(rep->n + 1, sizeof(*ptrs));
         if (!fs || !ptrs)
@@ -317,7 +321,7 @@ int agent_send_report(AgentChannel *c, const AgentRunReport *rep, uint64_t in_re
         /* A frame holds 64 KiB, hundreds of filesystems: beyond that, report the first ones. */
         for (n = rep->n;; n /= 2) {
                 r.n_filesystems = n;
-                k = agent_channel_send(c, &m, NULL);
+                k = emit(&m, userdata);
                 if (k != -EMSGSIZE || n == 0)
                         break;
         }
@@ -327,6 +331,48 @@ int agent_send_report(AgentChannel *c, const AgentRunReport *rep, uint64_t in_re
                         n,
                         rep->n);
         return k;
+}
+
+static int emit_to_channel(Reclaim__Envelope *m, void *userdata) {
+        return agent_channel_send(userdata, m, NULL);
+}
+
+int agent_send_report(AgentChannel *c, const AgentRunReport *rep, uint64_t in_reply_to) {
+        if (!c || !rep)
+                return -EINVAL;
+        return report_emit(rep, in_reply_to, emit_to_channel, c);
+}
+
+typedef struct PackTarget {
+        uint64_t seq;
+        uint8_t *frame;
+        size_t len;
+} PackTarget;
+
+static int emit_to_frame(Reclaim__Envelope *m, void *userdata) {
+        PackTarget *t = userdata;
+
+        m->seq = t->seq;
+        return rpc_message_pack(m, &t->frame, &t->len);
+}
+
+int agent_pack_report(
+        const AgentRunReport *rep,
+        uint64_t seq,
+        uint64_t in_reply_to,
+        uint8_t **ret_frame,
+        size_t *ret_len) {
+        PackTarget t = { .seq = seq };
+        int r;
+
+        if (!rep || !ret_frame || !ret_len)
+                return -EINVAL;
+        r = report_emit(rep, in_reply_to, emit_to_frame, &t);
+        if (r < 0)
+                return r;
+        *ret_frame = t.frame;
+        *ret_len = t.len;
+        return 0;
 }
 
 int agent_send_progress(AgentChannel *c, const AgentRunProgress *p, uint64_t in_reply_to) {

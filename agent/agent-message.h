@@ -97,3 +97,16 @@ int agent_send_hello(
 int agent_send_report(AgentChannel *c, const AgentRunReport *rep, uint64_t in_reply_to);
 int agent_send_progress(AgentChannel *c, const AgentRunProgress *p, uint64_t in_reply_to);
 int agent_send_pong(AgentChannel *c, uint64_t nonce, bool busy, uint64_t in_reply_to);
+
+/*
+ * Packs rep (borrowed) as one complete frame holding a Report with this seq and in_reply_to
+ * (the same message agent_send_report() queues, for run's hand-over to serve). On success
+ * returns 0 and a new buffer in *ret_frame (caller frees) of *ret_len bytes; -EINVAL,
+ * -ENOMEM, -EMSGSIZE (not even an empty Report fits: cannot happen).
+ */
+int agent_pack_report(
+        const AgentRunReport *rep,
+        uint64_t seq,
+        uint64_t in_reply_to,
+        uint8_t **ret_frame,
+        size_t *ret_len);

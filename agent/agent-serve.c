@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "agent-handoff.h"
 #include "agent-message.h"
 #include "agent-serve.h"
 #include "channel.h"
@@ -138,6 +139,9 @@ typedef struct Serve {
 
         Job *job;
         AgentRunReport *undelivered; /* finished while no host was there */
+        AgentHandoff *handoff;       /* the control socket; NULL when it could not be set up */
+        Reclaim__Envelope *handed;   /* the newest report run handed over, not yet sent */
+        uint64_t handoff_retry_at;   /* after an accept() error: not polled until then */
         uint64_t last_progress_ns;
 
         int sigfd, evfd;
@@ -205,6 +209,70 @@ static void serve_send_report(Serve *s, const AgentRunReport *rep, uint64_t in_r
                 serve_disconnect(s, r);
         else if (r < 0)
                 log_warning_errno(r, "Cannot send the report: %m");
+}
+
+static Reclaim__Envelope *envelope_free(Reclaim__Envelope *m) {
+        if (m)
+                reclaim__envelope__free_unpacked(m, NULL);
+        return NULL;
+}
+
+/* Sends the Report of a hand-over (borrowed) as serve's own: in_reply_to 0, our next seq. */
+static int serve_send_handed(Serve *s, const Reclaim__Envelope *h) {
+        Reclaim__Envelope m;
+
+        rpc_message_init(&m, 0);
+        m.body_case = RECLAIM__ENVELOPE__BODY_REPORT;
+        m.report = h->report;
+        return agent_channel_send(s->ch, &m, NULL);
+}
+
+/* A report from `run` on the control socket (m: taken). Sent now when a host is there and
+ * has answered Hello, else kept (replacing an older hand-over: the newest figures are what
+ * the host schedules on) and sent after the next HelloAck. Either way run gets its answer:
+ * the report is serve's to deliver now. */
+static void serve_take_handed(Serve *s, Reclaim__Envelope *m) {
+        uint64_t seq = m->seq;
+        int r;
+
+        if (agent_channel_is_connected(s->ch) && s->acked) {
+                r = serve_send_handed(s, m);
+                if (r >= 0) {
+                        log_info(
+                                "Report of a run handed over on the control socket sent to the host");
+                        m = envelope_free(m);
+                } else if (r == -EMSGSIZE) {
+                        /* Re-packed with our seq it no longer fits (it was at the cap):
+                         * keeping it would not change that. */
+                        log_warning_errno(r, "Cannot send a handed-over report: %m");
+                        m = envelope_free(m);
+                } else if (r != -ENOBUFS)
+                        serve_disconnect(s, r);
+        }
+        if (m) {
+                log_info(
+                        "Report of a run handed over on the control socket kept for the host%s",
+                        s->handed ? "; it replaces an older hand-over the host never got" : "");
+                envelope_free(s->handed);
+                s->handed = m;
+        }
+        r = agent_handoff_ack(s->handoff, seq);
+        if (r < 0)
+                log_debug_errno(r, "Cannot answer the run on the control socket: %m");
+}
+
+static void serve_on_handoff(Serve *s) {
+        Reclaim__Envelope *m = NULL;
+        int r;
+
+        r = agent_handoff_process(s->handoff, &m);
+        if (r < 0) {
+                /* e.g. EMFILE: the connection stays pending and the listener readable; do
+                 * not spin on it, look again in a second. */
+                log_warning_errno(r, "Control socket: %m");
+                s->handoff_retry_at = agent_now_ns() + PROGRESS_INTERVAL_NS;
+        } else if (r > 0)
+                serve_take_handed(s, m);
 }
 
 static bool job_waits_for(const Job *j, uint64_t seq) {
@@ -391,6 +459,11 @@ static void serve_on_message(AgentChannel *c, const Reclaim__Envelope *m, void *
                         if (r >= 0)
                                 s->undelivered = agent_run_report_free(s->undelivered);
                 }
+                if (r >= 0 && s->handed) {
+                        r = serve_send_handed(s, s->handed);
+                        if (r >= 0)
+                                s->handed = envelope_free(s->handed);
+                }
                 break;
 
         case RECLAIM__ENVELOPE__BODY_RECLAIM_REQUEST:
@@ -481,6 +554,10 @@ static void serve_done(Serve *s) {
                         s->job = job_free(s->job);
         }
         s->undelivered = agent_run_report_free(s->undelivered);
+        if (s->handed)
+                log_notice("Exiting with a handed-over report the host never got");
+        s->handed = envelope_free(s->handed);
+        s->handoff = agent_handoff_free(s->handoff);
         s->ch = agent_channel_free(s->ch);
         if (s->sigfd >= 0)
                 (void) close(s->sigfd);
@@ -518,12 +595,20 @@ int agent_serve(const AgentConfig *config, bool dry_run) {
                 serve_done(&s);
                 return log_error_errno(r, "Failed to set up the event loop: %m");
         }
+        /* Without it, serve still serves the host; only runs' reports cannot reach it. */
+        r = agent_handoff_new(config->control_socket, &s.handoff);
+        if (r < 0)
+                log_warning_errno(
+                        r,
+                        "Cannot listen on %s; reports of runs cannot be handed over: %m",
+                        config->control_socket);
+        r = 0;
         log_info("Serving on %s", agent_channel_path(s.ch));
 
         for (;;) {
-                struct pollfd p[3];
+                struct pollfd p[4];
                 uint64_t now = agent_now_ns(), deadline = UINT64_MAX;
-                int n = 0, ch_idx = -1;
+                int n = 0, ch_idx = -1, ho_idx = -1;
 
                 if (s.terminating) {
                         if (!s.job && agent_channel_queued(s.ch) == 0)
@@ -551,6 +636,17 @@ int agent_serve(const AgentConfig *config, bool dry_run) {
                                 .fd = agent_channel_fd(s.ch),
                                 .events = agent_channel_events(s.ch),
                         };
+                }
+                /* Not while stopping: a report taken now could not be delivered. */
+                if (s.handoff && !s.terminating && now < s.handoff_retry_at)
+                        deadline = MIN(deadline, s.handoff_retry_at);
+                else if (s.handoff && !s.terminating) {
+                        ho_idx = n;
+                        p[n++] = (struct pollfd){
+                                .fd = agent_handoff_fd(s.handoff),
+                                .events = agent_handoff_events(s.handoff),
+                        };
+                        deadline = MIN(deadline, agent_handoff_deadline(s.handoff));
                 }
 
                 if (poll(p, (nfds_t) n, poll_timeout_ms(agent_now_ns(), deadline)) < 0) {
@@ -587,6 +683,10 @@ int agent_serve(const AgentConfig *config, bool dry_run) {
                             (rev & (POLLHUP | POLLERR | POLLNVAL)))
                                 serve_disconnect(&s, rev & POLLHUP ? -EPIPE : -EIO);
                 }
+
+                if (ho_idx >= 0 &&
+                    (p[ho_idx].revents || agent_now_ns() >= agent_handoff_deadline(s.handoff)))
+                        serve_on_handoff(&s);
 
                 if (agent_channel_is_connected(s.ch))
                         serve_send_progress(&s);
@@ -698,12 +798,27 @@ int agent_report_once(
                         break;
                 if (why == -EBUSY) {
                         /* Only one process may open a port: serve has it, and it talks to
-                         * the host itself. Waiting would not change that. */
-                        log_notice(
+                         * the host itself. Waiting would not change that; hand the report
+                         * to serve instead, within what is left of the time. */
+                        log_info(
                                 "%s is held by another process (reclaim-agent serve?); "
-                                "the report is not sent",
-                                agent_channel_path(ch));
-                        return 0;
+                                "handing the report over on %s",
+                                agent_channel_path(ch),
+                                config->control_socket);
+                        uint64_t now = agent_now_ns();
+                        r = agent_handoff_send(
+                                config->control_socket,
+                                rep,
+                                deadline > now ? deadline - now : 0,
+                                stop);
+                        if (r < 0)
+                                return r;
+                        if (r == 0)
+                                log_notice(
+                                        "%s is held by another process and no reclaim-agent "
+                                        "serve took the report; the report is not sent",
+                                        agent_channel_path(ch));
+                        return r > 0 ? AGENT_REPORT_VIA_SERVE : 0;
                 }
                 if (agent_now_ns() >= deadline || stopped(stop)) {
                         log_notice(
@@ -735,7 +850,7 @@ int agent_report_once(
                 r = once_wait(ch, &o, deadline, stop, false);
         if (r > 0) {
                 log_info("Report sent to the host on %s", agent_channel_path(ch));
-                return 1;
+                return AGENT_REPORT_VIA_CHANNEL;
         }
         if (r == 0)
                 log_notice(

@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
@@ -114,6 +115,16 @@ static int connect_port(AgentChannel *c, int *ret_why) {
                 if (c->fd < 0) {
                         /* ENOENT: no such port (yet); EBUSY: another process has it open. */
                         *ret_why = negative_errno();
+                        return 0;
+                }
+                /* A virtio port refuses a second open() with EBUSY by itself; the lock makes
+                 * any other device (a tty standing in for the port in tests) behave the
+                 * same, so run and serve never share one. Released with the fd. */
+                if (flock(c->fd, LOCK_EX | LOCK_NB) < 0) {
+                        int r = negative_errno();
+
+                        close_fd(c);
+                        *ret_why = r == -EWOULDBLOCK ? -EBUSY : r;
                         return 0;
                 }
         }

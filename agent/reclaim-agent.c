@@ -36,7 +36,7 @@ static volatile sig_atomic_t arg_stop_report = 0; /* second one: do not wait for
 
 static const char *arg_config_file = NULL;
 static const char *arg_mode = NULL, *arg_rate = NULL, *arg_reserve = NULL;
-static const char *arg_port = NULL, *arg_socket = NULL;
+static const char *arg_port = NULL, *arg_socket = NULL, *arg_control_socket = NULL;
 static AgentStrv arg_filesystems = {}, arg_excludes = {};
 static bool arg_dry_run = false, arg_json = false;
 static bool usage_error = false; /* exit 2 rather than 1 */
@@ -72,13 +72,17 @@ static int help(void) {
                "     --exclude PATH     Leave this filesystem alone (repeatable)\n"
                "     --port PATH        virtio-serial port (default %s)\n"
                "     --socket PATH      Talk over a UNIX socket instead of the port\n"
+               "     --control-socket PATH\n"
+               "                        serve's local socket for the reports of runs that\n"
+               "                        find the port held (default %s)\n"
                "     --dry-run          Report what would be done; write nothing\n"
                "     --json             Print the result as JSON (run, list)\n"
                "  -v --verbose          Debug logging\n"
                "  -h --help             Show this help\n"
                "     --version          Show the version\n",
                AGENT_CONFIG_FILE_DEFAULT,
-               AGENT_PORT_DEFAULT);
+               AGENT_PORT_DEFAULT,
+               AGENT_CONTROL_SOCKET_DEFAULT);
         return 0;
 }
 
@@ -92,6 +96,7 @@ static int parse_argv(int argc, char *argv[], const char **ret_verb) {
                 OPT_EXCLUDE,
                 OPT_PORT,
                 OPT_SOCKET,
+                OPT_CONTROL_SOCKET,
                 OPT_DRY_RUN,
                 OPT_JSON,
         };
@@ -107,6 +112,7 @@ static int parse_argv(int argc, char *argv[], const char **ret_verb) {
                 { "exclude", required_argument, NULL, OPT_EXCLUDE },
                 { "port", required_argument, NULL, OPT_PORT },
                 { "socket", required_argument, NULL, OPT_SOCKET },
+                { "control-socket", required_argument, NULL, OPT_CONTROL_SOCKET },
                 { "dry-run", no_argument, NULL, OPT_DRY_RUN },
                 { "json", no_argument, NULL, OPT_JSON },
                 {},
@@ -151,6 +157,9 @@ static int parse_argv(int argc, char *argv[], const char **ret_verb) {
                         break;
                 case OPT_SOCKET:
                         arg_socket = optarg;
+                        break;
+                case OPT_CONTROL_SOCKET:
+                        arg_control_socket = optarg;
                         break;
                 case OPT_DRY_RUN:
                         arg_dry_run = true;
@@ -213,6 +222,7 @@ static int load_config(AgentConfig *c) {
         r = r ?: apply_option(c, "reserve", arg_reserve);
         r = r ?: apply_option(c, "port", arg_port);
         r = r ?: apply_option(c, "socket", arg_socket);
+        r = r ?: apply_option(c, "control_socket", arg_control_socket);
         if (r < 0)
                 return r;
         if (arg_filesystems.n > 0)
@@ -352,7 +362,7 @@ static int verb_run(const AgentConfig *c) {
         _cleanup_(agent_run_report_freep) AgentRunReport *rep = NULL;
         _cleanup_(json_object_putp) json_object *j = NULL;
         bool sent = false;
-        int r;
+        int r, via = 0;
 
         r = select_targets(c, &t);
         if (r < 0)
@@ -383,6 +393,7 @@ static int verb_run(const AgentConfig *c) {
                 if (r < 0)
                         log_warning_errno(r, "Cannot send the report: %m");
                 sent = r > 0;
+                via = r;
         }
 
         if (arg_json) {
@@ -390,6 +401,16 @@ static int verb_run(const AgentConfig *c) {
                 if (r < 0)
                         return log_error_errno(r, "Out of memory");
                 r = json_add(j, "report_sent", json_object_new_boolean(sent));
+                /* "serve": reclaim-agent serve held the port and took the report for the host */
+                r = r ?:
+                        json_add(
+                                j,
+                                "report_via",
+                                !sent ? NULL :
+                                        json_object_new_string(
+                                                via == AGENT_REPORT_VIA_SERVE ? "serve" :
+                                                        c->socket             ? "socket" :
+                                                                                "port"));
                 if (r < 0)
                         return log_error_errno(r, "Out of memory");
                 r = print_json(j);

@@ -16,6 +16,11 @@
  *   fake-host port --pty LINK --agent-pid-file FILE
  *       Hello/HelloAck/Ping over the pty, then the host end goes away for good (POLLHUP on the
  *       agent's side, like a virtio port without host): the agent must not spin
+ *   fake-host handoff --pty LINK [--go-file FILE] [--reports N]
+ *       serve holds the port (the pty) and runs hand their reports to it: wait until FILE
+ *       exists (the host is away until then: Hello goes unanswered), answer Hello, then
+ *       receive N (default 1) Reports with in_reply_to 0 and print them as key=value lines
+ *       (report1.*, report2.*, ...)
  *
  * Every check that fails prints "FAIL: ..." and exits 1; a usage error exits 2. Lines
  * starting with "# " are progress notes.
@@ -51,7 +56,8 @@
 #define ABSENCE_NS (2 * NSEC_PER_SEC)
 #define ABSENCE_CPU_MAX 0.2
 
-static const char *arg_socket, *arg_pty, *arg_mount, *arg_pid_file;
+static const char *arg_socket, *arg_pty, *arg_mount, *arg_pid_file, *arg_go_file;
+static unsigned arg_reports = 1;
 
 static void note(const char *fmt, ...) _printf_(1, 2);
 
@@ -796,12 +802,10 @@ static int scenario_serve(void) {
         return 0;
 }
 
-static int scenario_port(void) {
-        Conn c = { .fd = -1 };
-        Reclaim__Envelope *m;
+/* A pty standing in for the port; LINK points at its slave. Returns the master. */
+static int make_pty(void) {
         struct termios t;
         const char *slave;
-        pid_t pid;
         int fd;
 
         fd = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
@@ -816,7 +820,55 @@ static int scenario_port(void) {
         (void) unlink(arg_pty);
         if (symlink(slave, arg_pty) < 0)
                 fail("symlink %s: %s", arg_pty, strerror(errno));
-        conn_open(&c, fd);
+        return fd;
+}
+
+static int scenario_handoff(void) {
+        Conn c = { .fd = -1 };
+        Reclaim__Envelope *m;
+        uint64_t deadline;
+
+        conn_open(&c, make_pty());
+        if (arg_go_file) {
+                /* The host is away: serve's Hello waits in the pty, unanswered. */
+                note("waiting for %s", arg_go_file);
+                deadline = now_ns() + 120 * NSEC_PER_SEC;
+                while (access(arg_go_file, F_OK) < 0) {
+                        if (now_ns() >= deadline)
+                                fail("%s did not appear", arg_go_file);
+                        sleep_ns(50 * NSEC_PER_MSEC);
+                }
+        }
+        m = expect(&c, RECLAIM__ENVELOPE__BODY_HELLO, 15 * NSEC_PER_SEC);
+        check_hello(m, true);
+        (void) send_hello_ack(&c, m->seq, NULL);
+        reclaim__envelope__free_unpacked(m, NULL);
+        note("hello over the port ok");
+        for (unsigned i = 1; i <= arg_reports; i++) {
+                char prefix[32];
+
+                m = expect(&c, RECLAIM__ENVELOPE__BODY_REPORT, 120 * NSEC_PER_SEC);
+                if (m->in_reply_to != 0)
+                        fail("a handed-over Report has in_reply_to %" PRIu64 ", want 0",
+                             m->in_reply_to);
+                snprintf(prefix, sizeof(prefix), "report%u", i);
+                print_report(prefix, m);
+                reclaim__envelope__free_unpacked(m, NULL);
+                note("report %u received", i);
+        }
+        conn_close(&c);
+        (void) unlink(arg_pty);
+        rpc_decoder_free(c.dec);
+        printf("ok\n");
+        return 0;
+}
+
+static int scenario_port(void) {
+        Conn c = { .fd = -1 };
+        Reclaim__Envelope *m;
+        pid_t pid;
+
+        conn_open(&c, make_pty());
 
         pid = agent_pid();
         m = expect(&c, RECLAIM__ENVELOPE__BODY_HELLO, 15 * NSEC_PER_SEC);
@@ -861,6 +913,10 @@ int main(int argc, char *argv[]) {
                         arg_mount = v;
                 else if (strcmp(argv[i], "--agent-pid-file") == 0)
                         arg_pid_file = v;
+                else if (strcmp(argv[i], "--go-file") == 0)
+                        arg_go_file = v;
+                else if (strcmp(argv[i], "--reports") == 0)
+                        arg_reports = (unsigned) strtoul(v, NULL, 10);
                 else {
                         fprintf(stderr, "unknown option %s\n", argv[i]);
                         return 2;
@@ -876,8 +932,11 @@ int main(int argc, char *argv[]) {
                 return scenario_serve();
         if (strcmp(scenario, "port") == 0 && arg_pty)
                 return scenario_port();
+        if (strcmp(scenario, "handoff") == 0 && arg_pty)
+                return scenario_handoff();
         fprintf(stderr,
                 "usage: fake-host report --socket PATH | serve --socket PATH --mount MNT "
-                "--agent-pid-file FILE | port --pty LINK --agent-pid-file FILE\n");
+                "--agent-pid-file FILE | port --pty LINK --agent-pid-file FILE | handoff --pty LINK "
+                "[--go-file FILE] [--reports N]\n");
         return 2;
 }

@@ -34,6 +34,7 @@ static void test_defaults(void **state) {
         assert_string_equal(c.reserve_spec, "10%,2G");
         assert_string_equal(c.port, "/dev/virtio-ports/org.reclaim.agent.0");
         assert_null(c.socket);
+        assert_string_equal(c.control_socket, "/run/reclaim-agent/serve.sock");
         assert_int_equal(c.filesystems.n, 0);
         assert_int_equal(c.excludes.n, 0);
         agent_config_done(&c);
@@ -67,6 +68,19 @@ static void test_set(void **state) {
                 { "port", "/dev/vport0p1", 0 },
                 { "port", "vport0p1", -EINVAL },
                 { "socket", "/run/x.sock", 0 },
+                { "control_socket", "/tmp/serve.sock", 0 },
+                { "control_socket", "serve.sock", -EINVAL },
+                { "control_socket", "", -EINVAL },
+                /* 107 characters: the most sun_path holds with its NUL */
+                { "control_socket",
+                  "/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                  "aaaaaaaaaaaaaaaaaaaaaaaa",
+                  0 },
+                { "control_socket",
+                  "/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                  "aaaaaaaaaaaaaaaaaaaaaaaaa",
+                  -EINVAL },
+                { "control-socket", "/tmp/serve.sock", -ENOENT },
                 { "colour", "red", -ENOENT },
                 { "Mode", "auto", -ENOENT },
         };
@@ -164,6 +178,9 @@ static void test_load(void **state) {
                 { "[agent]\nrate = 5Q\n", -EINVAL, "2: invalid value '5Q' for 'rate'" },
                 { "[agent]\nreserve = 200%\n", -EINVAL, "2: invalid value '200%' for 'reserve'" },
                 { "[agent]\nfilesystem = relative\n", -EINVAL, "2: invalid value 'relative'" },
+                { "[agent]\n\ncontrol_socket = serve.sock\n",
+                  -EINVAL,
+                  "3: invalid value 'serve.sock' for 'control_socket'" },
                 /* the first error wins */
                 { "[agent]\nx = 1\ny = 2\n", -EINVAL, "2: unknown key 'x'" },
                 { "[agent\n", -EINVAL, "1: syntax error" },

@@ -51,6 +51,7 @@ done
 
 : >"$T/agent.conf"
 "$RECLAIM_AGENT" serve --config "$T/agent.conf" --port "$PORT" --filesystem /nonexistent \
+        --control-socket "$T/serve.sock" \
         >"$T/agent.out" 2>"$T/agent.err" &
 AGENT=$!
 echo "$AGENT" >"$T/agent.pid"

@@ -31,7 +31,7 @@ done
 
 # Local settings that do not limit the host: no rate cap, no reserve.
 "$RECLAIM_AGENT" serve --config "$T/agent.conf" --socket "$SOCK" --filesystem "$MNT" \
-        --rate 0 --reserve 0 >"$T/agent.out" 2>"$T/agent.err" &
+        --rate 0 --reserve 0 --control-socket "$T/serve.sock" >"$T/agent.out" 2>"$T/agent.err" &
 AGENT=$!
 BG_PIDS+=("$AGENT")
 echo "$AGENT" >"$T/agent.pid"
