@@ -100,6 +100,33 @@ static int add_owner_match(sd_bus *bus, sd_bus_message_handler_t cb, void *userd
                 userdata);
 }
 
+static int on_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error *error);
+
+/*
+ * Subscribes to two of reclaimd's signals (before the call that makes them, so none is missed)
+ * and to its name going away (*gone set). Returns 0, or -errno (logged).
+ */
+static int subscribe(
+        sd_bus *bus,
+        const char *a,
+        sd_bus_message_handler_t a_cb,
+        const char *b,
+        sd_bus_message_handler_t b_cb,
+        void *userdata,
+        bool *gone) {
+        int r;
+
+        r = sd_bus_match_signal(bus, NULL, BUS_NAME, BUS_PATH, BUS_INTERFACE, a, a_cb, userdata);
+        if (r >= 0)
+                r = sd_bus_match_signal(
+                        bus, NULL, BUS_NAME, BUS_PATH, BUS_INTERFACE, b, b_cb, userdata);
+        if (r >= 0)
+                r = add_owner_match(bus, on_owner_changed, gone);
+        if (r < 0)
+                return log_error_errno(r, "Cannot subscribe to reclaimd's signals: %m");
+        return 0;
+}
+
 /* "HH:MM:SS" style local time of a CLOCK_REALTIME usec, or "never". */
 static const char *format_time(char *buf, size_t size, uint64_t usec) {
         time_t t = (time_t) (usec / 1000000);
@@ -270,24 +297,15 @@ static int bus_compact(const char *name, const CompactRequest *req) {
         r = bus_open(&bus);
         if (r < 0)
                 return r;
-        r = sd_bus_match_signal(
-                bus, NULL, BUS_NAME, BUS_PATH, BUS_INTERFACE, "JobProgress", on_job_progress, &f);
-        if (r >= 0)
-                r = sd_bus_match_signal(
-                        bus,
-                        NULL,
-                        BUS_NAME,
-                        BUS_PATH,
-                        BUS_INTERFACE,
-                        "JobRemoved",
-                        on_job_removed,
-                        &f);
-        if (r >= 0)
-                r = add_owner_match(bus, on_owner_changed, &f.daemon_gone);
-        if (r < 0) {
-                log_error_errno(r, "Cannot subscribe to reclaimd's signals: %m");
+        if (subscribe(
+                    bus,
+                    "JobProgress",
+                    on_job_progress,
+                    "JobRemoved",
+                    on_job_removed,
+                    &f,
+                    &f.daemon_gone) < 0)
                 return EXIT_ERROR;
-        }
 
         r = sd_bus_message_new_method_call(
                 bus, &call, BUS_NAME, BUS_PATH, BUS_INTERFACE, name ? "Compact" : "CompactAll");
@@ -1002,31 +1020,15 @@ int verb_reclaim(int argc, char *argv[]) {
         if (bus_open_or_fail(&bus) < 0)
                 return EXIT_ERROR;
         if (wait) {
-                r = sd_bus_match_signal(
-                        bus,
-                        NULL,
-                        BUS_NAME,
-                        BUS_PATH,
-                        BUS_INTERFACE,
-                        "GuestProgress",
-                        on_guest_progress,
-                        &f);
-                if (r >= 0)
-                        r = sd_bus_match_signal(
-                                bus,
-                                NULL,
-                                BUS_NAME,
-                                BUS_PATH,
-                                BUS_INTERFACE,
-                                "GuestReport",
-                                on_guest_report,
-                                &f);
-                if (r >= 0)
-                        r = add_owner_match(bus, on_owner_changed, &f.daemon_gone);
-                if (r < 0) {
-                        log_error_errno(r, "Cannot subscribe to reclaimd's signals: %m");
+                if (subscribe(
+                            bus,
+                            "GuestProgress",
+                            on_guest_progress,
+                            "GuestReport",
+                            on_guest_report,
+                            &f,
+                            &f.daemon_gone) < 0)
                         return EXIT_ERROR;
-                }
         }
         r = sd_bus_message_new_method_call(
                 bus, &call, BUS_NAME, BUS_PATH, BUS_INTERFACE, "Reclaim");
