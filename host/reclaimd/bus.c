@@ -394,12 +394,6 @@ static int method_reclaim(sd_bus_message *msg, void *userdata, sd_bus_error *err
         vm = find_vm_or_error(m, name, error);
         if (!vm)
                 return -ENOENT;
-        if (!vm->channel_path)
-                return sd_bus_error_setf(
-                        error,
-                        ERROR_NOT_CONNECTED,
-                        "%s has no guest channel configured.",
-                        vm->name);
         seq = guest_channel_request_reclaim(
                 vm->channel, mode, o.rate, o.reserve, o.reserve_percent);
         if (seq == -ENOTCONN)

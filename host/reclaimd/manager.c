@@ -209,8 +209,8 @@ static int manager_load_vms(Manager *m) {
                  * then: a reload of hundreds of VMs must not cost hundreds of fsyncs. */
                 if (vm->state_dirty && vm_state_save(vm) >= 0)
                         vm->state_dirty = false;
-                if (!vm->channel_path || vm->channel)
-                        continue;
+                if (vm->channel)
+                        continue; /* kept from before the reload */
                 r = guest_channel_new(vm, &vm->channel);
                 if (r < 0)
                         log_error_errno(r, "%s: failed to set up the channel: %m", vm->name);

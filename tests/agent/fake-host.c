@@ -43,7 +43,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "fake-fail.h"
+#include "fake-peer.h"
 #include "macro.h"
 #include "rpc-frame.h"
 #include "rpc-message.h"
@@ -507,20 +507,6 @@ static const Reclaim__FsReport *only_fs(const Reclaim__Envelope *m) {
 
 /* ---- transports ---- */
 
-static int listen_socket(const char *path) {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        int fd;
-
-        if (strlen(path) >= sizeof(sa.sun_path))
-                fail("socket path too long");
-        strcpy(sa.sun_path, path);
-        (void) unlink(path);
-        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0 || bind(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0 || listen(fd, 4) < 0)
-                fail("listen on %s: %s", path, strerror(errno));
-        return fd;
-}
-
 static int accept_within(int lfd, uint64_t timeout_ns) {
         struct pollfd pf = { .fd = lfd, .events = POLLIN };
         int r, fd;
@@ -560,7 +546,7 @@ static void greet(Conn *c, int lfd, const Reclaim__Policy *policy, bool serving)
 static int scenario_report(void) {
         Conn c = { .fd = -1 };
         Reclaim__Envelope *m;
-        int lfd = listen_socket(arg_socket);
+        int lfd = fake_listen(arg_socket, 4);
 
         greet(&c, lfd, NULL, false);
         m = expect(&c, RECLAIM__ENVELOPE__BODY_REPORT, 60 * NSEC_PER_SEC);
@@ -631,7 +617,7 @@ static int scenario_serve(void) {
         policy.min_reserve_percent = 50;
         policy.allowed_modes = modes;
         policy.n_allowed_modes = ELEMENTSOF(modes);
-        lfd = listen_socket(arg_socket);
+        lfd = fake_listen(arg_socket, 4);
         greet(&c, lfd, &policy, true);
         note("hello ok");
 
@@ -752,7 +738,7 @@ static int scenario_serve(void) {
                 double cpu0 = agent_cpu_seconds(pid), cpu1;
                 unsigned n = 0;
 
-                lfd = listen_socket(arg_socket);
+                lfd = fake_listen(arg_socket, 4);
                 while (now_ns() < t0 + ABSENCE_NS) {
                         int fd = accept_within(
                                 lfd, t0 + ABSENCE_NS - MIN(now_ns(), t0 + ABSENCE_NS));

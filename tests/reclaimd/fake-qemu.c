@@ -35,24 +35,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "fake-fail.h"
+#include "fake-peer.h"
 #include "macro.h"
 #include "rpc-frame.h"
 #include "rpc-message.h"
-
-static int listen_on(const char *path) {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        int fd;
-
-        if (strlen(path) >= sizeof(sa.sun_path))
-                fail("socket path too long");
-        strcpy(sa.sun_path, path);
-        (void) unlink(path);
-        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0 || bind(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0 || listen(fd, 1) < 0)
-                fail("listen on %s: %s", path, strerror(errno));
-        return fd;
-}
 
 /* Writes everything; returns false when the peer went away. */
 static bool send_all(int fd, const void *buf, size_t n) {
@@ -210,7 +196,7 @@ send_progress(int fd, uint64_t seq, uint64_t in_reply_to, uint64_t done, uint64_
 }
 
 static int do_serve(const char *path, uint64_t bytes) {
-        int lfd = listen_on(path), fd;
+        int lfd = fake_listen(path, 1), fd;
         uint64_t seq = 2;
 
         printf("# listening on %s\n", path);
@@ -233,7 +219,7 @@ static int do_serve(const char *path, uint64_t bytes) {
 }
 
 static int do_flood(const char *path, uint64_t frames, const char *start_file) {
-        int lfd = listen_on(path), fd;
+        int lfd = fake_listen(path, 1), fd;
         uint8_t buf[4096];
 
         fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
@@ -255,7 +241,7 @@ static int do_flood(const char *path, uint64_t frames, const char *start_file) {
 }
 
 static int do_report(const char *path, uint64_t bytes, bool wait_ping) {
-        int lfd = listen_on(path), fd;
+        int lfd = fake_listen(path, 1), fd;
 
         printf("# listening on %s\n", path);
         fflush(stdout);
@@ -341,7 +327,7 @@ never_completes:
 }
 
 static int do_hostile(const char *path) {
-        int lfd = listen_on(path);
+        int lfd = fake_listen(path, 1);
         unsigned n = 0;
 
         printf("# listening on %s\n", path);
