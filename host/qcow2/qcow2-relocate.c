@@ -29,6 +29,7 @@
 #include "qcow2-internal.h"
 
 #define COPY_CHUNK (4u << 20)
+#define COPY_AHEAD (32u << 20)
 
 /* A cluster or a run of compressed clusters moving from src to dst. */
 typedef struct Move {
@@ -1049,15 +1050,33 @@ raise_and_copy(Qcow2Image *img, Move **list, size_t n, IoEvent ev, uint8_t *buf,
         r = qcow2_rc_write_dirty(img);
         if (r < 0)
                 return r;
+        size_t ahead = 0;
+        uint64_t announced = 0;
         for (size_t k = 0; k < n;) {
                 uint64_t src = list[k]->src, dst = list[k]->dst, len = list[k]->n;
                 size_t run = 1;
+                /*
+                 * The sources are read one copy at a time. The zero scan reads only the first
+                 * bytes of short data ranges (probe_first), so they are not in the page cache:
+                 * announced COPY_AHEAD ahead, the kernel reads them while earlier ones are
+                 * copied. Sources already in the cache cost the announcement nothing.
+                 */
+                if (ahead < k)
+                        ahead = k;
+                while (ahead < n && announced < COPY_AHEAD) {
+                        uint64_t lo = list[ahead]->src, cnt = list[ahead]->n;
+                        for (ahead++; ahead < n && list[ahead]->src == lo + cnt; ahead++)
+                                cnt += list[ahead]->n;
+                        io_prefetch(img->io, offset_of(img, lo), cnt * img->cluster_size);
+                        announced += cnt * img->cluster_size;
+                }
                 while (k + run < n && list[k + run]->src == src + len &&
                        list[k + run]->dst == dst + len && len * img->cluster_size < COPY_CHUNK)
                         len += list[k + run++]->n;
                 r = copy_clusters(img, src, dst, len, ev, buf);
                 if (r < 0)
                         return r;
+                announced -= MIN(announced, len * img->cluster_size);
                 res->bytes_moved += len * img->cluster_size;
                 res->clusters_moved += len;
                 for (size_t q = k; q < k + run; q++) {

@@ -756,16 +756,17 @@ static const IoOps rec_ops = {
 };
 
 /*
- * Scans (simulated zero pass) an image of n_data 64 KiB data clusters, every 4th all zeros,
+ * Scans (simulated zero pass) an image of n_data 64 KiB data clusters, every zero_mod-th all zeros,
  * with a free cluster after every gap_every-th one (0: one contiguous run), and records what
  * the scan announced and read. The last hole_tail clusters of the file are reported as a
  * hole (they then read as zeros, whatever the memory holds).
  */
-static void scan_recorded(size_t n_data, size_t gap_every, size_t hole_tail, Recorded *rec) {
+static void
+scan_recorded(size_t n_data, size_t zero_mod, size_t gap_every, size_t hole_tail, Recorded *rec) {
         uint16_t *content = calloc(n_data + 1, sizeof(uint16_t));
         assert_non_null(content);
         for (size_t i = 0; i < n_data; i++)
-                content[i] = i % 4 == 3 ? C_ZEROS : (uint16_t) (1 + i % 200);
+                content[i] = i % zero_mod == zero_mod - 1 ? C_ZEROS : (uint16_t) (1 + i % 200);
         Spec s = { .cluster_bits = 16,
                    .refcount_order = 4,
                    .version = 3,
@@ -788,32 +789,44 @@ static void scan_recorded(size_t n_data, size_t gap_every, size_t hole_tail, Rec
         rec->read_bytes = 0; /* count the scan only */
         assert_int_equal(qcow2_zero_pass(o.img, true, &z), 0);
         size_t live = n_data - hole_tail; /* the hole is at the end: data clusters only */
-        assert_int_equal(z.zero_data_clusters, live / 4 + hole_tail);
+        assert_int_equal(z.zero_data_clusters, live / zero_mod + hole_tail);
         close_mem(&o);
         free(b.data);
         free(content);
 }
 
-static void test_scan_announces_short_runs_only(void **state) {
+static void test_scan_short_runs_probed(void **state) {
         Recorded rec;
 
         /*
          * One contiguous 8 MiB run: read once, never announced (WILLNEED would read it into
          * 4 KiB pages; the sequential reads get the kernel's large-folio read-ahead).
          */
-        scan_recorded(128, 0, 0, &rec);
+        scan_recorded(128, 4, 0, 0, &rec);
         assert_int_equal(rec.prefetches, 0);
         assert_int_equal(rec.read_bytes, 128 * 65536 + 65536); /* + the L2 table */
 
-        /* Runs of two clusters between free ones: every run is announced, each on its own. */
-        scan_recorded(128, 2, 0, &rec);
-        assert_int_equal(rec.prefetches, 64);
-        assert_int_equal(rec.prefetch_bytes, 128 * 65536);
-        assert_int_equal(rec.max_prefetch, 2 * 65536);
-        assert_int_equal(rec.read_bytes, 128 * 65536 + 65536); /* + the L2 table */
+        /*
+         * Runs of two clusters between free ones (a trimmed guest): every cluster's first 4 KiB
+         * is announced and read (the probe), and only the all-zero clusters (one in four) are
+         * read further.
+         */
+        scan_recorded(128, 4, 2, 0, &rec);
+        assert_int_equal(rec.prefetches, 128);
+        assert_int_equal(rec.prefetch_bytes, 128 * 4096);
+        assert_int_equal(rec.max_prefetch, 4096);
+        assert_int_equal(rec.read_bytes, 128 * 4096 + 32 * (65536 - 4096) + 65536);
+
+        /*
+         * Half of them zeros: after 64 probes (32 found zeros, each read twice) the rest of the
+         * scan reads the short runs whole again.
+         */
+        scan_recorded(128, 2, 2, 0, &rec);
+        assert_int_equal(rec.prefetch_bytes, 128 * 4096); /* announced before it turned */
+        assert_int_equal(rec.read_bytes, 64 * 4096 + 32 * (65536 - 4096) + 64 * 65536 + 65536);
 
         /* The last 64 data clusters lie in a hole: zeros, and never read. */
-        scan_recorded(128, 0, 64, &rec);
+        scan_recorded(128, 4, 0, 64, &rec);
         assert_int_equal(rec.read_bytes, 64 * 65536 + 65536);
 }
 
@@ -829,7 +842,7 @@ int main(void) {
                 cmocka_unit_test(test_leaks_repaired),
                 cmocka_unit_test(test_inspect_and_dry_run_agree),
                 cmocka_unit_test(test_preallocated_skipped),
-                cmocka_unit_test(test_scan_announces_short_runs_only),
+                cmocka_unit_test(test_scan_short_runs_probed),
                 cmocka_unit_test(test_stream_length),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
