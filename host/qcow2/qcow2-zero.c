@@ -89,6 +89,7 @@ typedef struct ZCtx {
         uint64_t *l1_lo, *l1_hi;      /* dirty span per L1 table */
         uint64_t probes, probe_zeros; /* clusters of short ranges tested by a probe first */
         bool probe_off;               /* too many probes found zeros: read short ranges whole */
+        uint64_t stay_end;            /* host offset: data below it may stay, past it moves */
         ZeroPassResult res;
 } ZCtx;
 
@@ -210,8 +211,10 @@ static size_t test_range(
  * Short ranges (shorter than SCAN_CHUNK, between holes: a guest that trims) are tested cluster
  * by cluster, by their first ZERO_PROBE bytes first, when clusters are large enough for that
  * to save much: live data almost always has a non-zero byte there, so a trimmed guest's live
- * data costs 1/16 of its size in reads (64 KiB clusters) instead of all of it. Most of it stays
- * where it is; what moves is read by the copies anyway (announced, see raise_and_copy). When
+ * data costs 1/16 of its size in reads (64 KiB clusters) instead of all of it. That is for the
+ * data that stays where it is: past stay_end everything moves, and is read whole as before,
+ * so that the copies find it in the page cache (reading it during the copies, between their
+ * writes, was slower). When
  * probes keep finding zeros (more than one in four after 64), each of those clusters needs a
  * second, unannounced read: the rest of the scan then reads short ranges whole again.
  */
@@ -224,6 +227,11 @@ static void probe_count(ZCtx *z, bool zero) {
         z->probe_zeros += zero;
         if (z->probes >= 64 && z->probe_zeros * 4 > z->probes)
                 z->probe_off = true;
+}
+
+/* Probe this short range (see probe_first), or read it whole? */
+static bool probe_range(const ZCtx *z, uint64_t lo) {
+        return probe_first(z) && lo < z->stay_end;
 }
 
 static int scan_runs(ZCtx *z, const ZCand *cands, size_t nc, uint8_t *chunk) {
@@ -280,7 +288,7 @@ static int scan_runs(ZCtx *z, const ZCand *cands, size_t nc, uint8_t *chunk) {
                         ahead = test_range(img, cands, nc, ahead, &lo, &hi);
                         if (hi - lo >= SCAN_CHUNK)
                                 ; /* read sequentially, with the kernel's read-ahead */
-                        else if (in_short && probe_first(z) && in_short[a0])
+                        else if (in_short && in_short[a0] && probe_range(z, lo))
                                 for (uint64_t o = lo; o < hi; o += img->cluster_size)
                                         io_prefetch(img->io, o, ZERO_PROBE);
                         else
@@ -322,7 +330,7 @@ static int scan_runs(ZCtx *z, const ZCand *cands, size_t nc, uint8_t *chunk) {
                         k = e;
                         continue;
                 }
-                if (in_short && probe_first(z) && in_short[k]) {
+                if (in_short && in_short[k] && probe_range(z, off)) {
                         for (uint64_t q = 0; q < n; q++) {
                                 r = cluster_is_zero(z, first + q);
                                 if (r < 0)
@@ -619,6 +627,14 @@ int qcow2_zero_pass(Qcow2Image *img, bool simulate, ZeroPassResult *ret) {
                 /* v2 with a backing file has no way to say "zeros" without a host cluster */
                 .can_release = !(img->version < 3 && img->backing_offset != 0),
         };
+        /*
+         * The relocation's new end cannot lie past the clusters in use now (the zero pass only
+         * frees): data at or past that many clusters will move, so the copies will read it.
+         */
+        uint64_t used = 0;
+        for (uint64_t c = 0; c < img->nb_clusters; c++)
+                used += img->refcount[c] != 0;
+        z.stay_end = offset_of(img, used);
         max_tables = MAX((size_t) 1, (size_t) (ZERO_GROUP_BYTES / img->cluster_size));
         bitmap_bytes = DIV_ROUND_UP(img->nb_clusters, 8) + 1;
         tables = calloc(max_tables, sizeof(ZTable));
