@@ -129,7 +129,6 @@ compressed-2m)
         # with zeros: the streams after them move down
         mk_compressed 2097152 12 zlib
         qemu-io -f qcow2 -c "discard 2M 6M" -c "write -P 0 16M 2M" img.qcow2 >/dev/null
-        batch=(--size-slack 2097152)
         ;;
 *) echo "unknown case $case" >&2; exit 2 ;;
 esac
