@@ -1255,6 +1255,29 @@ static int64_t plan_fit(Qcow2Image *img, Plan *p) {
         return m2 <= 0 ? m2 : missing;
 }
 
+/* Does a mover or a table go between the first and the last cluster of the vacated runs? */
+static bool vacated_span_taken(const Plan *p) {
+        uint64_t lo = UINT64_MAX, hi = 0;
+
+        for (size_t q = 0; q < p->nb_cruns; q++) {
+                const CRun *cr = &p->cruns[q];
+                bool all = cr->first + cr->n <= p->n;
+                for (size_t i = cr->s0; all && i < cr->s1; i++)
+                        all = bm_get(p->scopied, i) || p->sdst[i] != UINT64_MAX;
+                if (all) {
+                        lo = MIN(lo, cr->first);
+                        hi = MAX(hi, cr->first + cr->n);
+                }
+        }
+        for (size_t k = 0; k < p->nb_moves; k++)
+                if (p->moves[k].dst >= lo && p->moves[k].dst < hi)
+                        return true;
+        for (size_t k = 0; k < p->nb_runs; k++)
+                if (p->runs[k].move && p->runs[k].dst + p->runs[k].n > lo && p->runs[k].dst < hi)
+                        return true;
+        return false;
+}
+
 static int plan_make(Qcow2Image *img, Plan *p, bool last_pass) {
         uint64_t used_nonrb = 0, n;
         int64_t missing;
@@ -1371,6 +1394,19 @@ static int plan_make(Qcow2Image *img, Plan *p, bool last_pass) {
                         if (missing != 0)
                                 return missing < 0 ? (int) missing : -EUCLEAN;
                 }
+        }
+
+        /*
+         * A pass that vacates compressed runs below n (re-packing them elsewhere) does not put
+         * movers or tables into holes between them: that would split the free region they
+         * leave, and the compressed data would end up in two regions, each with its dead
+         * tail. The movers wait for the next pass, which sees that region whole.
+         */
+        if (!p->no_optional && p->optional_freed > 0 && vacated_span_taken(p)) {
+                p->nb_moves = 0;
+                for (size_t k = 0; k < p->nb_runs; k++)
+                        p->runs[k].move = false;
+                p->n = img->nb_clusters;
         }
 
         /*
