@@ -122,6 +122,9 @@ compressed-zstd-512)
         # some overwritten with zeros and data
         mk_compressed 512 600 zstd
         qemu-io -f qcow2 -c "discard 20K 40K" -c "write -P 0 100K 20K" -c "write -P 0x33 200K 4K" img.qcow2 >/dev/null
+        # re-runs may end a few clusters either side of the uninterrupted run, which itself
+        # ends above the packed minimum (design.md, "Known limitations"); check and compare
+        # stay exact
         batch=(--batch 4096 --size-slack 4096)
         ;;
 compressed-2m)
