@@ -271,7 +271,8 @@ static int compact_run(
                 if (r < 0)
                         return r;
                 /* Re-packing below the end frees clusters that only the next pass can use. */
-                if (rr.clusters_moved == 0 || (img->nb_clusters >= before && !rr.optional_freed))
+                if ((rr.clusters_moved == 0 && rr.bytes_moved == 0) ||
+                    (img->nb_clusters >= before && !rr.optional_freed))
                         break;
         }
 

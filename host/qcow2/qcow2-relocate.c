@@ -87,6 +87,7 @@ typedef struct Plan {
         uint64_t lower_bound;     /* the smallest end the planner can hope for */
         bool no_optional;         /* last pass: no re-packing below the end */
         bool consolidate;         /* re-pack every run with dead bytes into the whole file */
+        bool streams_first;       /* place re-packed streams before the table runs */
         uint64_t stream_clusters; /* destination clusters of re-packed streams */
 } Plan;
 
@@ -716,28 +717,8 @@ static int plan_optional(Qcow2Image *img, Plan *p, Packer *k) {
         return 0;
 }
 
-static int64_t plan_try(Qcow2Image *img, Plan *p) {
-        _cleanup_free_ uint8_t *taken = NULL;
-        _cleanup_(packer_done) Packer pks = { .pc = UINT64_MAX };
-        Packer *pk = &pks;
-        uint64_t n = p->n, hole = 1, cap = 0;
-        int64_t rr;
-        int r0;
-
-        p->moves = mfree(p->moves);
-        p->nb_moves = 0;
-        p->optional_freed = p->stream_clusters = 0;
-        for (size_t i = 0; p->sdst && i < img->nb_streams; i++)
-                p->sdst[i] = UINT64_MAX;
-        if (p->pdst)
-                memset(p->pdst, 0, DIV_ROUND_UP(img->nb_clusters, 8) + 1);
-        if (p->ptail)
-                memset(p->ptail, 0, DIV_ROUND_UP(img->nb_clusters, 8) + 1);
-        taken = calloc(DIV_ROUND_UP(MAX(n, img->nb_clusters), 8) + 1, 1);
-        if (!taken)
-                return -ENOMEM;
-
-        /* Tables first: they need consecutive holes. The largest go first. */
+/* Table runs that reach to or past n, the largest first, each into the lowest free run. */
+static int64_t plan_tables(Qcow2Image *img, Plan *p, uint8_t *taken, uint64_t n) {
         for (size_t k = 0; k < p->nb_runs; k++)
                 p->runs[k].move = false;
         for (;;) {
@@ -759,11 +740,16 @@ static int64_t plan_try(Qcow2Image *img, Plan *p) {
                 best->dst = at;
                 best->move = true;
         }
+        return 0;
+}
 
-        /*
-         * Streams that touch a cluster >= n are re-packed one by one, densely, into the lowest
-         * holes (see pk_place); the others stay. Then single clusters >= n.
-         */
+/*
+ * Streams that touch a cluster >= n are re-packed one by one, densely, into the lowest holes
+ * (see pk_place); the others stay.
+ */
+static int64_t plan_stream_moves(Qcow2Image *img, Plan *p, Packer *pk, uint8_t *taken, uint64_t n) {
+        int r0;
+
         pk->n = n;
         pk->taken = taken;
         r0 = plan_slots(img, p, pk);
@@ -785,6 +771,43 @@ static int64_t plan_try(Qcow2Image *img, Plan *p) {
                         return (int64_t) MAX(left, (uint64_t) 1);
                 }
         }
+        return 0;
+}
+
+static int64_t plan_try(Qcow2Image *img, Plan *p) {
+        _cleanup_free_ uint8_t *taken = NULL;
+        _cleanup_(packer_done) Packer pks = { .pc = UINT64_MAX };
+        Packer *pk = &pks;
+        uint64_t n = p->n, hole = 1, cap = 0;
+        int64_t rr;
+
+        p->moves = mfree(p->moves);
+        p->nb_moves = 0;
+        p->optional_freed = p->stream_clusters = 0;
+        for (size_t i = 0; p->sdst && i < img->nb_streams; i++)
+                p->sdst[i] = UINT64_MAX;
+        if (p->pdst)
+                memset(p->pdst, 0, DIV_ROUND_UP(img->nb_clusters, 8) + 1);
+        if (p->ptail)
+                memset(p->ptail, 0, DIV_ROUND_UP(img->nb_clusters, 8) + 1);
+        for (size_t k = 0; k < p->nb_runs; k++)
+                p->runs[k].move = false;
+        taken = calloc(DIV_ROUND_UP(MAX(n, img->nb_clusters), 8) + 1, 1);
+        if (!taken)
+                return -ENOMEM;
+
+        /*
+         * Tables first: they need consecutive holes. When that does not fit, streams first:
+         * a table can take the free cluster after a dead tail that a stream would have run
+         * on into (see plan_fit).
+         */
+        for (int step = 0; step < 2; step++) {
+                rr = (step == 0) == !p->streams_first ? plan_tables(img, p, taken, n) :
+                                                        plan_stream_moves(img, p, pk, taken, n);
+                if (rr != 0)
+                        return rr;
+        }
+        /* Then single clusters >= n. */
         p->moves = calloc(img->nb_clusters - MIN(n, img->nb_clusters) + 1, sizeof(Move));
         if (!p->moves)
                 return -ENOMEM;
@@ -851,6 +874,409 @@ static int64_t plan_try(Qcow2Image *img, Plan *p) {
         p->stream_clusters = pk->nlog;
         qsort(p->moves, p->nb_moves, sizeof(Move), cmp_move);
         return 0;
+}
+
+/*
+ * Fill: when a pass has nothing else to do, the compressed data may still hold more dead bytes
+ * than one cluster (gaps between streams, run tails). Free compressed clusters one by one, the
+ * highest first: every stream that touches the cluster is copied into dead bytes lower in the
+ * file (in other live compressed clusters: a dead span may cross from one into the next), the
+ * largest first, each into the lowest span that holds it; the cluster is freed when all fit,
+ * else nothing of it moves. Destinations are bytes that no range refers to, on disk, before
+ * the pass (never the source of a stream that moves), and a cluster that receives streams is
+ * not freed in the same pass. Streams only move down, so passes of fills end.
+ */
+typedef struct Gap {
+        uint64_t lo, hi; /* dead bytes [lo, hi) */
+} Gap;
+
+typedef struct Fill {
+        Gap *gaps;
+        size_t ng;
+        uint64_t *tree; /* max gap length per node (segment tree over gaps) */
+        size_t leaves;
+        uint32_t *add; /* references added per cluster by this fill */
+} Fill;
+
+static void fill_done(Fill *f) {
+        free(f->gaps);
+        free(f->tree);
+        free(f->add);
+}
+
+static void fill_update(Fill *f, size_t g) {
+        size_t x = f->leaves + g;
+        f->tree[x] = f->gaps[g].hi - f->gaps[g].lo;
+        for (x /= 2; x > 0; x /= 2)
+                f->tree[x] = MAX(f->tree[2 * x], f->tree[2 * x + 1]);
+}
+
+/* Lowest gap index >= from whose length is at least need, or SIZE_MAX. */
+static size_t fill_find(const Fill *f, size_t from, uint64_t need) {
+        size_t x = f->leaves + from;
+        if (from >= f->ng)
+                return SIZE_MAX;
+        if (f->tree[x] >= need)
+                return from;
+        /* climb until a right sibling holds one, then descend to its lowest such leaf */
+        for (;;) {
+                if (x == 1)
+                        return SIZE_MAX;
+                if (x % 2 == 0 && f->tree[x + 1] >= need) {
+                        x++;
+                        break;
+                }
+                x /= 2;
+        }
+        while (x < f->leaves)
+                x = f->tree[2 * x] >= need ? 2 * x : 2 * x + 1;
+        return x - f->leaves < f->ng ? x - f->leaves : SIZE_MAX;
+}
+
+static int fill_add_gap(Fill *f, size_t *cap, uint64_t lo, uint64_t hi) {
+        if (hi <= lo)
+                return 0;
+        if (f->ng > 0 && f->gaps[f->ng - 1].hi == lo) {
+                f->gaps[f->ng - 1].hi = hi;
+                return 0;
+        }
+        if (f->ng == *cap) {
+                size_t c = MAX(*cap * 2, (size_t) 64);
+                Gap *q = realloc(f->gaps, c * sizeof(Gap));
+                if (!q)
+                        return -ENOMEM;
+                f->gaps = q;
+                *cap = c;
+        }
+        f->gaps[f->ng++] = (Gap){ lo, hi };
+        return 0;
+}
+
+/* The dead bytes of live compressed clusters below lim, as maximal spans. */
+static int fill_gaps(Qcow2Image *img, const Plan *p, Fill *f, uint64_t lim) {
+        size_t cap = 0;
+        uint64_t end = 0; /* end of the ranges seen so far */
+        int r;
+
+        for (size_t i = 0; i <= img->nb_streams; i++) {
+                uint64_t next = i < img->nb_streams ?
+                        MIN(img->streams[i].off, offset_of(img, lim)) :
+                        offset_of(img, lim);
+                for (uint64_t c = cluster_of(img, end); end < next && c < lim; c++) {
+                        uint64_t lo = MAX(end, offset_of(img, c)),
+                                 hi = MIN(next, offset_of(img, c + 1));
+                        bool live = img->kind[c] == CK_COMPRESSED && img->refcount[c] > 0;
+                        bool hole = c > 0 && img->kind[c] == CK_FREE && img->refcount[c] == 0 &&
+                                qcow2_rc_covered(img, c);
+                        if (live || hole) {
+                                r = fill_add_gap(f, &cap, lo, hi);
+                                if (r < 0)
+                                        return r;
+                        }
+                        if (hi >= next)
+                                break;
+                }
+                if (i < img->nb_streams)
+                        end = MAX(end, img->streams[i].off + stream_bytes(img, p, i));
+        }
+        for (f->leaves = 1; f->leaves < MAX(f->ng, (size_t) 1); f->leaves *= 2)
+                ;
+        f->tree = calloc(2 * f->leaves, sizeof(uint64_t));
+        if (!f->tree)
+                return -ENOMEM;
+        for (size_t g = 0; g < f->ng; g++)
+                f->tree[f->leaves + g] = f->gaps[g].hi - f->gaps[g].lo;
+        for (size_t x = f->leaves - 1; x > 0; x--)
+                f->tree[x] = MAX(f->tree[2 * x], f->tree[2 * x + 1]);
+        return 0;
+}
+
+/* Where stream i would start inside gap g (below limit), or UINT64_MAX. */
+static uint64_t
+fill_fit(const Qcow2Image *img, const Plan *p, const Fill *f, size_t i, size_t g, uint64_t limit) {
+        const Stream *s = &img->streams[i];
+        uint64_t bytes = stream_bytes(img, p, i), hi = MIN(f->gaps[g].hi, limit);
+        uint64_t pos = f->gaps[g].lo;
+
+        for (int t = 0; t < 2; t++) {
+                if (!p->xlen[i] || t > 0) /* keep the sector phase: the sector count stays */
+                        pos = ALIGN_DOWN(pos, (uint64_t) 512) + (s->off & 511) +
+                                ((pos & 511) > (s->off & 511) ? 512 : 0);
+                uint64_t dl = p->xlen[i] ? range_from(pos, bytes) : s->len;
+                if (pos + bytes > hi)
+                        return UINT64_MAX;
+                if ((pos & 511) + dl <= (img->csize_mask + 1) * 512 &&
+                    pos + dl <= (1ULL << img->csize_shift)) {
+                        bool ok = true;
+                        for (uint64_t c = cluster_of(img, pos);
+                             ok && c <= cluster_of(img, pos + dl - 1);
+                             c++)
+                                ok = img->refcount[c] + f->add[c] + s->refs <= img->refcount_max;
+                        if (ok)
+                                return pos;
+                }
+                if (!p->xlen[i])
+                        return UINT64_MAX;
+        }
+        return UINT64_MAX;
+}
+
+typedef enum FillUndoKind {
+        UNDO_GAP,     /* gaps[idx].lo was lo */
+        UNDO_STREAM,  /* stream idx was placed */
+        UNDO_CLUSTER, /* free cluster idx was taken */
+} FillUndoKind;
+
+typedef struct FillUndo {
+        FillUndoKind kind;
+        size_t idx;
+        uint64_t lo;
+} FillUndo;
+
+static int fill_log(FillUndo **undo, size_t *n, size_t *cap, FillUndo u) {
+        if (*n == *cap) {
+                size_t c = MAX(*cap * 2, (size_t) 32);
+                FillUndo *q = realloc(*undo, c * sizeof(FillUndo));
+                if (!q)
+                        return -ENOMEM;
+                *undo = q;
+                *cap = c;
+        }
+        (*undo)[(*n)++] = u;
+        return 0;
+}
+
+static int cmp_stream_bytes_desc(const void *a, const void *b, void *arg) {
+        const Plan *p = ((void **) arg)[0];
+        const Qcow2Image *img = ((void **) arg)[1];
+        size_t x = *(const size_t *) a, y = *(const size_t *) b;
+        uint64_t bx = stream_bytes(img, p, x), by = stream_bytes(img, p, y);
+        if (bx != by)
+                return bx > by ? -1 : 1;
+        return x < y ? -1 : x > y;
+}
+
+/* Places stream i in the lowest gap below limit that holds it; 1 placed, 0 not, -errno. */
+static int fill_place(
+        Qcow2Image *img,
+        Plan *p,
+        Fill *f,
+        size_t i,
+        uint64_t limit,
+        bool fresh_ok,
+        FillUndo **undo,
+        size_t *nundo,
+        size_t *capundo) {
+        uint64_t bytes = stream_bytes(img, p, i), pos = UINT64_MAX;
+        size_t g = 0;
+        int r;
+
+        for (;; g++) {
+                g = fill_find(f, g, bytes);
+                if (g == SIZE_MAX || f->gaps[g].lo >= limit)
+                        return 0;
+                pos = fill_fit(img, p, f, i, g, limit);
+                if (pos == UINT64_MAX)
+                        continue;
+                uint64_t dl = p->xlen[i] ? range_from(pos, bytes) : img->streams[i].len;
+                bool fresh = false;
+                for (uint64_t d = cluster_of(img, pos); d <= cluster_of(img, pos + dl - 1); d++)
+                        fresh = fresh || img->kind[d] == CK_FREE;
+                if (!fresh || fresh_ok)
+                        break;
+        }
+        uint64_t dl = p->xlen[i] ? range_from(pos, bytes) : img->streams[i].len;
+        r = fill_log(undo, nundo, capundo, (FillUndo){ UNDO_GAP, g, f->gaps[g].lo });
+        if (r >= 0)
+                r = fill_log(undo, nundo, capundo, (FillUndo){ UNDO_STREAM, i, 0 });
+        if (r < 0)
+                return r;
+        p->sdst[i] = pos;
+        p->sdlen[i] = (uint32_t) dl;
+        for (uint64_t d = cluster_of(img, pos); d <= cluster_of(img, pos + dl - 1); d++) {
+                f->add[d] += img->streams[i].refs;
+                if (img->kind[d] == CK_FREE && !bm_get(p->pdst, d)) {
+                        r = fill_log(undo, nundo, capundo, (FillUndo){ UNDO_CLUSTER, d, 0 });
+                        if (r < 0)
+                                return r;
+                        bm_set(p->pdst, d);
+                }
+        }
+        f->gaps[g].lo = pos + bytes;
+        fill_update(f, g);
+        return 1;
+}
+
+static void fill_rollback(Qcow2Image *img, Plan *p, Fill *f, FillUndo *undo, size_t n) {
+        while (n > 0) {
+                FillUndo *u = &undo[--n];
+                switch (u->kind) {
+                case UNDO_GAP:
+                        f->gaps[u->idx].lo = u->lo;
+                        fill_update(f, u->idx);
+                        break;
+                case UNDO_CLUSTER:
+                        p->pdst[u->idx / 8] &= (uint8_t) ~(1U << (u->idx % 8));
+                        break;
+                case UNDO_STREAM: {
+                        size_t i = u->idx;
+                        uint64_t pos = p->sdst[i], dl = p->sdlen[i];
+                        for (uint64_t d = cluster_of(img, pos); d <= cluster_of(img, pos + dl - 1);
+                             d++)
+                                f->add[d] -= img->streams[i].refs;
+                        p->sdst[i] = UINT64_MAX;
+                        break;
+                }
+                }
+        }
+}
+
+static int plan_fill(Qcow2Image *img, Plan *p) {
+        _cleanup_(fill_done) Fill f = { 0 };
+        _cleanup_free_ uint8_t *freed = NULL;
+        _cleanup_free_ size_t *set = NULL;
+        _cleanup_free_ FillUndo *undo = NULL;
+        uint64_t lim = p->n, maxlen = 0, nfreed = 0;
+        size_t capset = 0, nundo = 0, capundo = 0;
+        bool at_top = true;
+        int r;
+
+        if (!p->xlen || img->nb_streams == 0)
+                return 0;
+        f.add = calloc(lim + 1, sizeof(uint32_t));
+        freed = calloc(DIV_ROUND_UP(lim, 8) + 1, 1);
+        if (!f.add || !freed)
+                return -ENOMEM;
+        r = fill_gaps(img, p, &f, lim);
+        if (r < 0)
+                return r;
+        if (f.ng == 0)
+                return 0;
+        for (size_t i = 0; i < img->nb_streams; i++)
+                maxlen = MAX(maxlen, (uint64_t) img->streams[i].len);
+
+        for (uint64_t c = lim; c-- > 1;) {
+                if (img->refcount[c] == 0 || img->kind[c] == CK_FREE)
+                        continue;
+                if (img->kind[c] != CK_COMPRESSED || bm_get(p->ptail, c) || bm_get(p->pdst, c)) {
+                        at_top = false;
+                        continue;
+                }
+                uint64_t lo = offset_of(img, c), hi = offset_of(img, c + 1), refs = 0;
+                /* the streams that touch c: they start at most maxlen bytes before it */
+                size_t a = 0, b = img->nb_streams, ns = 0;
+                while (a < b) {
+                        size_t mid = a + (b - a) / 2;
+                        if (img->streams[mid].off + maxlen <= lo)
+                                a = mid + 1;
+                        else
+                                b = mid;
+                }
+                bool ok = true;
+                for (size_t i = a; ok && i < img->nb_streams && img->streams[i].off < hi; i++) {
+                        const Stream *s = &img->streams[i];
+                        if (s->off + s->len <= lo)
+                                continue;
+                        refs += s->refs;
+                        if (p->sdst[i] != UINT64_MAX)
+                                continue; /* already leaves (it touched a cluster freed above) */
+                        if (bm_get(p->scopied, i))
+                                ok = false;
+                        if (ns == capset) {
+                                size_t cp = MAX(capset * 2, (size_t) 16);
+                                size_t *q = realloc(set, cp * sizeof(size_t));
+                                if (!q)
+                                        return -ENOMEM;
+                                set = q;
+                                capset = cp;
+                        }
+                        set[ns++] = i;
+                }
+                /* only a cluster whose count is exactly its streams' references is freed */
+                if (!ok || refs != img->refcount[c]) {
+                        at_top = false;
+                        continue;
+                }
+                qsort_r(set, ns, sizeof(size_t), cmp_stream_bytes_desc, (void *[]){ p, img });
+                nundo = 0;
+                for (size_t k = 0; ok && k < ns; k++) {
+                        r = fill_place(img, p, &f, set[k], lo, at_top, &undo, &nundo, &capundo);
+                        if (r < 0)
+                                return r;
+                        ok = r > 0;
+                }
+                if (!ok) {
+                        fill_rollback(img, p, &f, undo, nundo);
+                        at_top = false;
+                        continue;
+                }
+                for (size_t k = 0; k < nundo; k++) {
+                        if (undo[k].kind != UNDO_STREAM)
+                                continue;
+                        size_t i = undo[k].idx;
+                        for (uint64_t d = cluster_of(img, p->sdst[i]);
+                             d <= cluster_of(img, p->sdst[i] + p->sdlen[i] - 1);
+                             d++)
+                                if (img->kind[d] == CK_COMPRESSED)
+                                        bm_set(p->ptail, d);
+                }
+                bm_set(freed, c);
+                nfreed++;
+        }
+        if (nfreed == 0)
+                return 0;
+        /* the file ends after the last cluster that keeps or receives something */
+        uint64_t end = 1, taken = 0;
+        for (uint64_t c = 0; c < lim; c++) {
+                if (bm_get(p->pdst, c))
+                        taken++;
+                if ((img->refcount[c] > 0 && img->kind[c] != CK_FREE && !bm_get(freed, c)) ||
+                    bm_get(p->pdst, c))
+                        end = c + 1;
+        }
+        p->n = end;
+        p->stream_clusters = taken;
+        p->optional_freed = nfreed > taken + (lim - end) ? nfreed - taken - (lim - end) : 0;
+        return 0;
+}
+
+/*
+ * plan_try with the table runs placed first and, if that does not fit, with the re-packed
+ * streams placed first (only when streams move). Deterministic: the same layout gives the same
+ * plan.
+ */
+static int64_t plan_fit(Qcow2Image *img, Plan *p) {
+        p->streams_first = false;
+        int64_t missing = plan_try(img, p);
+        if (missing <= 0 || p->nb_cruns == 0)
+                return missing;
+        p->streams_first = true;
+        int64_t m2 = plan_try(img, p);
+        p->streams_first = m2 == 0;
+        return m2 <= 0 ? m2 : missing;
+}
+
+/* Does a mover or a table go between the first and the last cluster of the vacated runs? */
+static bool vacated_span_taken(const Plan *p) {
+        uint64_t lo = UINT64_MAX, hi = 0;
+
+        for (size_t q = 0; q < p->nb_cruns; q++) {
+                const CRun *cr = &p->cruns[q];
+                bool all = cr->first + cr->n <= p->n;
+                for (size_t i = cr->s0; all && i < cr->s1; i++)
+                        all = bm_get(p->scopied, i) || p->sdst[i] != UINT64_MAX;
+                if (all) {
+                        lo = MIN(lo, cr->first);
+                        hi = MAX(hi, cr->first + cr->n);
+                }
+        }
+        for (size_t k = 0; k < p->nb_moves; k++)
+                if (p->moves[k].dst >= lo && p->moves[k].dst < hi)
+                        return true;
+        for (size_t k = 0; k < p->nb_runs; k++)
+                if (p->runs[k].move && p->runs[k].dst + p->runs[k].n > lo && p->runs[k].dst < hi)
+                        return true;
+        return false;
 }
 
 static int plan_make(Qcow2Image *img, Plan *p, bool last_pass) {
@@ -929,14 +1355,14 @@ static int plan_make(Qcow2Image *img, Plan *p, bool last_pass) {
          * movers and more holes, so feasibility only grows with it; search between the lower
          * bound and the current size (which always works: nothing moves).
          */
-        missing = plan_try(img, p);
+        missing = plan_fit(img, p);
         if (missing < 0)
                 return (int) missing;
         if (missing > 0) {
                 uint64_t lo = p->n, hi = img->nb_clusters; /* lo fails, hi works */
                 while (hi - lo > 1) {
                         p->n = lo + (hi - lo) / 2;
-                        missing = plan_try(img, p);
+                        missing = plan_fit(img, p);
                         if (missing < 0)
                                 return (int) missing;
                         if (missing == 0)
@@ -950,6 +1376,7 @@ static int plan_make(Qcow2Image *img, Plan *p, bool last_pass) {
                          * Nothing past the end can move; keep the file as it is, but re-pack
                          * runs with dead bytes below it if that frees clusters for a next pass.
                          */
+                        p->streams_first = false;
                         missing = plan_try(img, p);
                         if (missing < 0)
                                 return (int) missing;
@@ -964,10 +1391,23 @@ static int plan_make(Qcow2Image *img, Plan *p, bool last_pass) {
                                 p->optional_freed = p->stream_clusters = 0;
                         }
                 } else {
-                        missing = plan_try(img, p);
+                        missing = plan_fit(img, p);
                         if (missing != 0)
                                 return missing < 0 ? (int) missing : -EUCLEAN;
                 }
+        }
+
+        /*
+         * A pass that vacates compressed runs below n (re-packing them elsewhere) does not put
+         * movers or tables into holes between them: that would split the free region they
+         * leave, and the compressed data would end up in two regions, each with its dead
+         * tail. The movers wait for the next pass, which sees that region whole.
+         */
+        if (!p->no_optional && p->optional_freed > 0 && vacated_span_taken(p)) {
+                p->nb_moves = 0;
+                for (size_t k = 0; k < p->nb_runs; k++)
+                        p->runs[k].move = false;
+                p->n = img->nb_clusters;
         }
 
         /*
@@ -991,6 +1431,18 @@ cut:
                 if (bm_get(p->pdst, c))
                         end = c + 1;
         p->n = MIN(p->n, end);
+
+        /* Nothing else to do: free compressed clusters by filling dead bytes lower down. */
+        bool idle = !p->no_optional && p->nb_cruns > 0 && p->nb_moves == 0 && !p->optional_freed;
+        for (size_t k = 0; idle && k < p->nb_runs; k++)
+                idle = !p->runs[k].move;
+        for (size_t i = 0; idle && i < img->nb_streams; i++)
+                idle = p->sdst[i] == UINT64_MAX;
+        if (idle) {
+                r = plan_fill(img, p);
+                if (r < 0)
+                        return r;
+        }
 
         for (uint64_t i = 0; i < img->reftable_entries; i++)
                 if ((img->reftable[i] & REFT_OFFSET_MASK) && (i << img->rb_bits) >= p->n)

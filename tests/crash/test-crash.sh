@@ -122,6 +122,9 @@ compressed-zstd-512)
         # some overwritten with zeros and data
         mk_compressed 512 600 zstd
         qemu-io -f qcow2 -c "discard 20K 40K" -c "write -P 0 100K 20K" -c "write -P 0x33 200K 4K" img.qcow2 >/dev/null
+        # re-runs may end a few clusters either side of the uninterrupted run, which itself
+        # ends above the packed minimum (design.md, "Known limitations"); check and compare
+        # stay exact
         batch=(--batch 4096 --size-slack 4096)
         ;;
 compressed-2m)
@@ -129,7 +132,6 @@ compressed-2m)
         # with zeros: the streams after them move down
         mk_compressed 2097152 12 zlib
         qemu-io -f qcow2 -c "discard 2M 6M" -c "write -P 0 16M 2M" img.qcow2 >/dev/null
-        batch=(--size-slack 2097152)
         ;;
 *) echo "unknown case $case" >&2; exit 2 ;;
 esac
