@@ -8,13 +8,6 @@
 
 #define MAX_PASSES 8
 
-static uint64_t count_used(const Qcow2Image *img) {
-        uint64_t n = 0;
-        for (uint64_t c = 0; c < img->nb_clusters; c++)
-                n += img->refcount[c] > 0;
-        return n;
-}
-
 /*
  * "Looks preallocated": every guest cluster has a host cluster and host offsets follow guest
  * offsets (qemu-img create -o preallocation=metadata|falloc|full lays clusters out linearly;
@@ -69,7 +62,7 @@ int qcow2_inspect(
                 return 0;
         }
 
-        info.allocated_bytes = count_used(img) * img->cluster_size;
+        info.allocated_bytes = qcow2_count_used(img) * img->cluster_size;
         info.data_clusters = img->data_clusters + img->zero_alloc_clusters;
         info.zero_flag_clusters = img->zero_plain_clusters;
         info.compressed_clusters = img->compressed_clusters;

@@ -311,6 +311,8 @@ int qcow2_rc_commit(Qcow2Image *img);
 bool qcow2_rc_covered(const Qcow2Image *img, uint64_t c);
 /* References to cluster c found by the walk (below the refcount when over-counted). */
 uint64_t qcow2_refs_of(const Qcow2Image *img, uint64_t c);
+/* Clusters with a non-zero refcount (in memory). */
+uint64_t qcow2_count_used(const Qcow2Image *img);
 /*
  * n references to cluster c were removed. Clusters whose references carry COPIED (data,
  * L2 tables) and that are shared or over-counted keep their refcount until every reference

@@ -137,6 +137,13 @@ int qcow2_reftable_write_span(Qcow2Image *img, uint64_t lo, uint64_t hi) {
                 img, IO_EV_REFTABLE_UPDATE, buf, (hi - lo) * 8, img->reftable_offset + lo * 8);
 }
 
+uint64_t qcow2_count_used(const Qcow2Image *img) {
+        uint64_t n = 0;
+        for (uint64_t c = 0; c < img->nb_clusters; c++)
+                n += img->refcount[c] > 0;
+        return n;
+}
+
 uint64_t qcow2_refs_of(const Qcow2Image *img, uint64_t c) {
         if (!bm_get(img->overcounted, c))
                 return img->refcount[c];

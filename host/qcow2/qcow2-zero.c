@@ -214,9 +214,9 @@ static size_t test_range(
  * data costs 1/16 of its size in reads (64 KiB clusters) instead of all of it. That is for the
  * data that stays where it is: past stay_end everything moves, and is read whole as before,
  * so that the copies find it in the page cache (reading it during the copies, between their
- * writes, was slower). When
- * probes keep finding zeros (more than one in four after 64), each of those clusters needs a
- * second, unannounced read: the rest of the scan then reads short ranges whole again.
+ * writes, was slower). When probes keep finding zeros (more than one in four after 64), each
+ * of those clusters needs a second, unannounced read: the rest of the scan then reads short
+ * ranges whole again.
  */
 static bool probe_first(const ZCtx *z) {
         return !z->probe_off && z->img->cluster_size >= 4 * ZERO_PROBE;
@@ -284,7 +284,7 @@ static int scan_runs(ZCtx *z, const ZCand *cands, size_t nc, uint8_t *chunk) {
                                 continue;
                         }
                         uint64_t lo, hi;
-                        size_t a0 = ahead;
+                        size_t a0 = ahead; /* may be inside a long range: in_short decides */
                         ahead = test_range(img, cands, nc, ahead, &lo, &hi);
                         if (hi - lo >= SCAN_CHUNK)
                                 ; /* read sequentially, with the kernel's read-ahead */
@@ -631,10 +631,7 @@ int qcow2_zero_pass(Qcow2Image *img, bool simulate, ZeroPassResult *ret) {
          * The relocation's new end cannot lie past the clusters in use now (the zero pass only
          * frees): data at or past that many clusters will move, so the copies will read it.
          */
-        uint64_t used = 0;
-        for (uint64_t c = 0; c < img->nb_clusters; c++)
-                used += img->refcount[c] != 0;
-        z.stay_end = offset_of(img, used);
+        z.stay_end = offset_of(img, qcow2_count_used(img));
         max_tables = MAX((size_t) 1, (size_t) (ZERO_GROUP_BYTES / img->cluster_size));
         bitmap_bytes = DIV_ROUND_UP(img->nb_clusters, 8) + 1;
         tables = calloc(max_tables, sizeof(ZTable));
