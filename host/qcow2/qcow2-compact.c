@@ -7,6 +7,7 @@
 #include "qcow2-internal.h"
 
 #define MAX_PASSES 8
+#define MAX_REPACK_STEPS 4096
 
 /*
  * "Looks preallocated": every guest cluster has a host cluster and host offsets follow guest
@@ -96,7 +97,7 @@ int qcow2_inspect(
                         info.scanned = true;
                 }
         }
-        r = qcow2_relocate(img, true, false, 0, &rr, NULL);
+        r = qcow2_relocate(img, QCOW2_RELOC_SIMULATE, 0, &rr, NULL);
         if (r >= 0)
                 info.compacted_size_estimate =
                         MIN(offset_of(img, rr.new_end_clusters), img->file_size);
@@ -122,6 +123,35 @@ static int post_check(Qcow2Image *img, Qcow2Diag *diag) {
                 return qcow2_diag(
                         diag, r, "post-check failed (please report this bug): %s", d.message);
         return 0;
+}
+
+/*
+ * One relocation (a pass or a re-pack step), from a fresh walk when asked, followed by the
+ * post-check; adds what it moved to st.
+ */
+static int relocate_step(
+        Qcow2Image *img,
+        unsigned flags,
+        bool walk,
+        const Qcow2CompactOptions *opts,
+        Qcow2CompactStats *st,
+        RelocResult *rr,
+        Qcow2Diag *diag) {
+        int r;
+
+        if (walk) {
+                r = qcow2_walk(img, diag);
+                if (r < 0)
+                        return r;
+        }
+        r = qcow2_relocate(img, flags, opts->batch_bytes, rr, diag);
+        if (r < 0)
+                return r;
+        st->clusters_moved += rr->clusters_moved;
+        st->bytes_moved += rr->bytes_moved;
+        /* The next step walks again: free this map before the check builds its own. */
+        qcow2_walk_reset(img);
+        return post_check(img, diag);
 }
 
 static int clear_unknown_autoclear(Qcow2Image *img) {
@@ -200,7 +230,7 @@ static int compact_run(
                                 return qcow2_diag(
                                         diag, r, "scanning data clusters failed: %s", strerror(-r));
                 }
-                r = qcow2_relocate(img, true, false, opts->batch_bytes, &rr, diag);
+                r = qcow2_relocate(img, QCOW2_RELOC_SIMULATE, opts->batch_bytes, &rr, diag);
                 if (r < 0)
                         return r;
                 img->walked = false;
@@ -239,34 +269,51 @@ static int compact_run(
         /*
          * Relocation passes: a pass can leave a hole behind (a table run that straddled the
          * new end moves whole); the next pass fills it. Each pass starts from a fresh walk.
+         *
+         * With compressed data the passes keep the tail; after them, the re-pack may slide the
+         * streams into one region through it (see plan_repack), then a second round of passes
+         * runs, and one last pass releases the tail and truncates. So the file keeps its size
+         * until that pass: a re-run after an interruption has the room the interrupted run
+         * had, and ends at the same size.
          */
-        for (int pass = 0; pass < MAX_PASSES; pass++) {
-                uint64_t before = img->nb_clusters;
-                /*
-                 * The planner re-packs compressed streams from the walk's list of streams: walk
-                 * again when the zero pass dropped some (or anything else).
-                 */
-                if (pass > 0 || z.clusters_zeroed > 0 || z.l2_tables_freed > 0) {
-                        r = qcow2_walk(img, diag);
+        bool compressed = img->nb_streams > 0;
+        unsigned keep = compressed ? QCOW2_RELOC_KEEP_TAIL : 0;
+        /* the planner needs the walk's exact list of streams: walk again after the zero pass */
+        bool walked = !(z.clusters_zeroed > 0 || z.l2_tables_freed > 0);
+        for (int round = 0; round < 2; round++) {
+                uint64_t end = img->nb_clusters;
+                for (int pass = 0; pass < MAX_PASSES; pass++) {
+                        uint64_t before = img->nb_clusters;
+                        unsigned last = pass == MAX_PASSES - 1 ? QCOW2_RELOC_LAST_PASS : 0;
+                        r = relocate_step(img, keep | last, !walked, opts, &st, &rr, diag);
                         if (r < 0)
                                 return r;
+                        walked = false;
+                        /* Re-packing below the end frees clusters only the next pass can use. */
+                        bool shrank = keep ? rr.new_end_clusters < end : img->nb_clusters < before;
+                        end = MIN(end, rr.new_end_clusters);
+                        if ((rr.clusters_moved == 0 && rr.bytes_moved == 0) ||
+                            (!shrank && !rr.optional_freed))
+                                break;
                 }
-                r = qcow2_relocate(
-                        img, false, pass == MAX_PASSES - 1, opts->batch_bytes, &rr, diag);
-                if (r < 0)
-                        return r;
-                st.clusters_moved += rr.clusters_moved;
-                st.bytes_moved += rr.bytes_moved;
-                /* The next pass walks again anyway: free this map before the check builds its own.
-                 */
-                qcow2_walk_reset(img);
-                r = post_check(img, diag);
-                if (r < 0)
-                        return r;
-                /* Re-packing below the end frees clusters that only the next pass can use. */
-                if ((rr.clusters_moved == 0 && rr.bytes_moved == 0) ||
-                    (img->nb_clusters >= before && !rr.optional_freed))
+                if (!compressed || round > 0)
                         break;
+                /* The re-pack, step by step, each planned from the image as it is then. */
+                int step;
+                for (step = 0; step < MAX_REPACK_STEPS; step++) {
+                        r = relocate_step(img, QCOW2_RELOC_REPACK, true, opts, &st, &rr, diag);
+                        if (r < 0)
+                                return r;
+                        if (rr.clusters_moved == 0 && rr.bytes_moved == 0)
+                                break;
+                }
+                if (step == 0)
+                        break;
+        }
+        if (compressed) {
+                r = relocate_step(img, QCOW2_RELOC_LAST_PASS, true, opts, &st, &rr, diag);
+                if (r < 0)
+                        return r;
         }
 
         img->walked = false;

@@ -400,17 +400,20 @@ typedef struct RelocResult {
         uint64_t refblocks_dropped;
         uint64_t optional_freed; /* clusters below the end vacated by re-packing (next pass) */
 } RelocResult;
+enum {
+        QCOW2_RELOC_SIMULATE = 1 << 0,  /* plan only (dry run, inspect): a plain pass */
+        QCOW2_RELOC_LAST_PASS = 1 << 1, /* no re-packing of compressed runs below the end */
+        QCOW2_RELOC_KEEP_TAIL = 1 << 2, /* release and truncate nothing: a later pass does */
+        QCOW2_RELOC_REPACK = 1 << 3,    /* vacate the compressed zone (see plan_repack) */
+};
 /*
- * Plans the smallest end and (unless simulate) moves everything past it, then truncates. With
- * last_pass, compressed runs below the end are not re-packed (that only pays in a next pass).
+ * Plans the smallest end and (unless simulating) moves everything past it, then releases the
+ * tail and truncates (unless QCOW2_RELOC_KEEP_TAIL). With QCOW2_RELOC_REPACK, vacates the zone
+ * of compressed data into free clusters past it instead, when the file has them and the
+ * compressed data is not packed as densely as it can be; nothing is released then.
  */
 int qcow2_relocate(
-        Qcow2Image *img,
-        bool simulate,
-        bool last_pass,
-        uint64_t batch_bytes,
-        RelocResult *ret,
-        Qcow2Diag *diag);
+        Qcow2Image *img, unsigned flags, uint64_t batch_bytes, RelocResult *ret, Qcow2Diag *diag);
 /*
  * After an interrupted run: clusters (data, L2 tables, compressed streams) counted above their
  * references that have an identical twin are merged into the lower twin, then over-counts of

@@ -89,7 +89,19 @@ typedef struct Plan {
         bool consolidate;         /* re-pack every run with dead bytes into the whole file */
         bool streams_first;       /* place re-packed streams before the table runs */
         uint64_t stream_clusters; /* destination clusters of re-packed streams */
+        /*
+         * A step of the re-pack (see plan_repack): the movers are the clusters in [n, mend)
+         * (the file's end otherwise), no destination lies in [xlo, xhi), no refcount block is
+         * dropped and nothing is truncated; streams move only as plan_repack places them.
+         */
+        bool repack;
+        uint64_t mend, xlo, xhi;
 } Plan;
+
+/* Must cluster c leave in this pass (it is at or past the end, or in the re-pack zone)? */
+static bool must_move(const Plan *p, uint64_t c) {
+        return c >= p->n && c < p->mend;
+}
 
 static void plan_done(Plan *p) {
         p->moves = mfree(p->moves);
@@ -718,21 +730,21 @@ static int plan_optional(Qcow2Image *img, Plan *p, Packer *k) {
 }
 
 /* Table runs that reach to or past n, the largest first, each into the lowest free run. */
-static int64_t plan_tables(Qcow2Image *img, Plan *p, uint8_t *taken, uint64_t n) {
+static int64_t plan_tables(Qcow2Image *img, Plan *p, uint8_t *taken, uint64_t n, uint64_t hn) {
         for (size_t k = 0; k < p->nb_runs; k++)
                 p->runs[k].move = false;
         for (;;) {
                 Run *best = NULL;
                 for (size_t k = 0; k < p->nb_runs; k++) {
                         Run *run = &p->runs[k];
-                        if (run->move || run->src + run->n <= n)
+                        if (run->move || run->src + run->n <= n || run->src >= p->mend)
                                 continue;
                         if (!best || run->n > best->n)
                                 best = run;
                 }
                 if (!best)
                         break;
-                uint64_t at = find_holes(img, taken, n, best->n);
+                uint64_t at = find_holes(img, taken, hn, best->n);
                 if (!at)
                         return (int64_t) best->n;
                 for (uint64_t c = at; c < at + best->n; c++)
@@ -747,15 +759,16 @@ static int64_t plan_tables(Qcow2Image *img, Plan *p, uint8_t *taken, uint64_t n)
  * Streams that touch a cluster >= n are re-packed one by one, densely, into the lowest holes
  * (see pk_place); the others stay.
  */
-static int64_t plan_stream_moves(Qcow2Image *img, Plan *p, Packer *pk, uint8_t *taken, uint64_t n) {
+static int64_t
+plan_stream_moves(Qcow2Image *img, Plan *p, Packer *pk, uint8_t *taken, uint64_t n, uint64_t hn) {
         int r0;
 
-        pk->n = n;
+        pk->n = hn;
         pk->taken = taken;
         r0 = plan_slots(img, p, pk);
         if (r0 < 0)
                 return r0;
-        pk->use_tails = true;
+        pk->use_tails = !p->repack; /* a re-pack vacates every compressed cluster */
         for (size_t r = 0; r < p->nb_cruns; r++) {
                 CRun *cr = &p->cruns[r];
                 if (cr->first + cr->n <= n)
@@ -779,6 +792,7 @@ static int64_t plan_try(Qcow2Image *img, Plan *p) {
         _cleanup_(packer_done) Packer pks = { .pc = UINT64_MAX };
         Packer *pk = &pks;
         uint64_t n = p->n, hole = 1, cap = 0;
+        uint64_t hn = p->repack ? img->nb_clusters : n; /* holes lie below hn */
         int64_t rr;
 
         p->moves = mfree(p->moves);
@@ -795,15 +809,17 @@ static int64_t plan_try(Qcow2Image *img, Plan *p) {
         taken = calloc(DIV_ROUND_UP(MAX(n, img->nb_clusters), 8) + 1, 1);
         if (!taken)
                 return -ENOMEM;
+        for (uint64_t c = p->xlo; c < p->xhi && c < img->nb_clusters; c++)
+                bm_set(taken, c); /* not a destination in this plan */
 
         /*
          * Tables first: they need consecutive holes. When that does not fit, streams first:
          * a table can take the free cluster after a dead tail that a stream would have run
          * on into (see plan_fit).
          */
-        for (int step = 0; step < 2; step++) {
-                rr = (step == 0) == !p->streams_first ? plan_tables(img, p, taken, n) :
-                                                        plan_stream_moves(img, p, pk, taken, n);
+        for (int step = 0; step < (p->repack ? 1 : 2); step++) {
+                rr = (step == 0) == !p->streams_first ? plan_tables(img, p, taken, n, hn) :
+                                                        plan_stream_moves(img, p, pk, taken, n, hn);
                 if (rr != 0)
                         return rr;
         }
@@ -812,21 +828,21 @@ static int64_t plan_try(Qcow2Image *img, Plan *p) {
         if (!p->moves)
                 return -ENOMEM;
         cap = img->nb_clusters - MIN(n, img->nb_clusters);
-        for (uint64_t c = n; c < img->nb_clusters; c++) {
+        for (uint64_t c = n; c < MIN(p->mend, img->nb_clusters); c++) {
                 ClusterKind k = img->kind[c];
                 if (img->refcount[c] == 0 || k == CK_FREE)
                         continue; /* free, or an unreferenced leftover released with the tail */
                 if (k != CK_DATA && k != CK_L2 && k != CK_REFBLOCK && k != CK_BITMAP_DATA)
                         continue; /* tables and compressed runs are placed above */
-                if (block_dropped(img, n, c))
+                if (!p->repack && block_dropped(img, n, c))
                         continue;
-                while (hole < n &&
+                while (hole < hn &&
                        (img->refcount[hole] != 0 || !qcow2_rc_covered(img, hole) ||
                         bm_get(taken, hole)))
                         hole++;
-                if (hole >= n) {
+                if (hole >= hn) {
                         uint64_t left = 0;
-                        for (uint64_t q = c; q < img->nb_clusters; q++)
+                        for (uint64_t q = c; q < MIN(p->mend, img->nb_clusters); q++)
                                 left += img->refcount[q] > 0 && img->kind[q] != CK_FREE;
                         return (int64_t) MAX(left, (uint64_t) 1);
                 }
@@ -840,7 +856,7 @@ static int64_t plan_try(Qcow2Image *img, Plan *p) {
          * rewritten entries the matching flag. They need room of their own: the hole each
          * leaves behind is filled by the next pass.
          */
-        for (size_t i = 0; i < img->nb_oc; i++) {
+        for (size_t i = 0; !p->repack && i < img->nb_oc; i++) {
                 uint64_t c = img->oc[i].cluster;
                 if (c >= n || img->oc[i].refs == 0 ||
                     (img->kind[c] != CK_DATA && img->kind[c] != CK_L2))
@@ -1279,12 +1295,39 @@ static bool vacated_span_taken(const Plan *p) {
         return false;
 }
 
+/*
+ * The smallest end the planner can hope for: the clusters in use, with compressed data counted
+ * as its streams packed densely, plus the refcount blocks that describe clusters below that end
+ * (a fixed point).
+ */
+static uint64_t plan_lower_bound(const Qcow2Image *img, const Plan *p) {
+        uint64_t packed = 0, used_nonrb = 0, n = img->nb_clusters;
+
+        for (size_t k = 0; k < p->nb_cruns; k++)
+                packed += p->cruns[k].bytes;
+        for (uint64_t c = 0; c < img->nb_clusters; c++)
+                if (img->refcount[c] > 0 && img->kind[c] != CK_REFBLOCK &&
+                    img->kind[c] != CK_FREE && img->kind[c] != CK_COMPRESSED)
+                        used_nonrb++;
+        used_nonrb += DIV_ROUND_UP(packed, img->cluster_size);
+        for (int iter = 0; iter < 128; iter++) {
+                uint64_t keep = 0;
+                for (uint64_t i = 0; i < img->reftable_entries; i++)
+                        if ((img->reftable[i] & REFT_OFFSET_MASK) && (i << img->rb_bits) < n)
+                                keep++;
+                uint64_t next = MAX(used_nonrb + keep, (uint64_t) 1);
+                if (next >= n)
+                        break;
+                n = next;
+        }
+        return MIN(n, img->nb_clusters);
+}
+
 static int plan_make(Qcow2Image *img, Plan *p, bool last_pass) {
-        uint64_t used_nonrb = 0, n;
         int64_t missing;
         int r;
 
-        *p = (Plan){ .no_optional = last_pass };
+        *p = (Plan){ .no_optional = last_pass, .mend = UINT64_MAX };
         p->dropped = calloc(DIV_ROUND_UP(img->reftable_entries, 8) + 1, 1);
         if (!p->dropped)
                 return -ENOMEM;
@@ -1303,25 +1346,7 @@ static int plan_make(Qcow2Image *img, Plan *p, bool last_pass) {
         uint64_t packed = 0;
         for (size_t k = 0; k < p->nb_cruns; k++)
                 packed += p->cruns[k].bytes;
-        for (uint64_t c = 0; c < img->nb_clusters; c++)
-                if (img->refcount[c] > 0 && img->kind[c] != CK_REFBLOCK &&
-                    img->kind[c] != CK_FREE && img->kind[c] != CK_COMPRESSED)
-                        used_nonrb++;
-        used_nonrb += DIV_ROUND_UP(packed, img->cluster_size);
-
-        /* Fixed point: N = used + refcount blocks that describe clusters below N. */
-        n = img->nb_clusters;
-        for (int iter = 0; iter < 128; iter++) {
-                uint64_t keep = 0;
-                for (uint64_t i = 0; i < img->reftable_entries; i++)
-                        if ((img->reftable[i] & REFT_OFFSET_MASK) && (i << img->rb_bits) < n)
-                                keep++;
-                uint64_t next = MAX(used_nonrb + keep, (uint64_t) 1);
-                if (next >= n)
-                        break;
-                n = next;
-        }
-        p->n = MIN(n, img->nb_clusters);
+        p->n = plan_lower_bound(img, p);
         p->lower_bound = p->n;
 
         /*
@@ -1447,6 +1472,198 @@ cut:
         for (uint64_t i = 0; i < img->reftable_entries; i++)
                 if ((img->reftable[i] & REFT_OFFSET_MASK) && (i << img->rb_bits) >= p->n)
                         bm_set(p->dropped, i);
+        return 0;
+}
+
+/* Plans nothing: every cluster and stream stays. */
+static void plan_nothing(Qcow2Image *img, Plan *p) {
+        p->nb_moves = 0;
+        for (size_t k = 0; k < p->nb_runs; k++)
+                p->runs[k].move = false;
+        for (size_t i = 0; p->sdst && i < img->nb_streams; i++)
+                p->sdst[i] = UINT64_MAX;
+        if (p->pdst)
+                memset(p->pdst, 0, DIV_ROUND_UP(img->nb_clusters, 8) + 1);
+        if (p->ptail)
+                memset(p->ptail, 0, DIV_ROUND_UP(img->nb_clusters, 8) + 1);
+        p->stream_clusters = 0;
+        p->n = img->nb_clusters;
+        p->mend = 0;
+}
+
+/*
+ * Re-pack: the last steps of a compaction with compressed data whose passes ended above the
+ * lower bound (see qcow2-compact.c). The passes put streams into whatever holes they find, so
+ * the compressed data can end up in several regions, each with dead bytes at its end, and
+ * where they stop depends on the layout they started from (an interrupted run's differs from
+ * an uninterrupted one's). The re-pack slides the streams, in file order, into one dense
+ * region that starts at the first compressed cluster, so that the passes after it end at the
+ * lower bound whatever came before.
+ *
+ * Each step is planned from the image as it is (a re-run after an interruption simply goes on):
+ * the streams already in place (end to end from the first compressed cluster, or from the free
+ * clusters right below it) form a prefix that ends at byte t; the others, R, will take
+ * [t, t + their bytes), the region.
+ *   1. Evict: clusters in the region that are not compressed (tables, data, refcount blocks)
+ *      move to free clusters outside it.
+ *   2. Slide: the streams of R that fit, in order, into the dead bytes between t and the
+ *      cluster of the first stream of R move there (their destinations are below every source
+ *      that moves with them, and nothing on disk refers to them).
+ *   3. Park: when too little fits there, as many streams of R as the free clusters past the
+ *      region hold are copied there; that widens the gap in front of the next stream, and the
+ *      parked streams come last in file order, to slide in a later step.
+ * Every step is an ordinary relocation (the same A/B/C/D barriers); each moves something or
+ * the re-pack stops. Plans nothing when the file has no room (it never grows).
+ */
+static int plan_repack(Qcow2Image *img, Plan *p) {
+        _cleanup_free_ uint8_t *taken = NULL;
+        _cleanup_(packer_done) Packer k = { .pc = UINT64_MAX };
+        uint64_t end = 1, t, rest = 0, rc0, rc1, gap;
+        size_t f = SIZE_MAX, first = SIZE_MAX;
+        int64_t missing;
+        int r;
+
+        *p = (Plan){ .no_optional = true, .repack = true, .n = img->nb_clusters };
+        p->dropped = calloc(DIV_ROUND_UP(img->reftable_entries, 8) + 1, 1);
+        if (!p->dropped)
+                return -ENOMEM;
+        r = collect_runs(img, p);
+        if (r < 0)
+                return r;
+        for (size_t q = 0; q < p->nb_runs; q++)
+                if (p->runs[q].src + p->runs[q].n > img->nb_clusters)
+                        return -EUCLEAN;
+        r = plan_streams_init(img, p);
+        if (r < 0)
+                return r;
+        if (p->nb_cruns == 0)
+                return 0;
+        /* the end, not counting refcount blocks that describe only what lies past it */
+        for (uint64_t c = 0; c < img->nb_clusters; c++)
+                if (img->refcount[c] > 0 && img->kind[c] != CK_FREE && img->kind[c] != CK_REFBLOCK)
+                        end = c + 1;
+        if (end <= plan_lower_bound(img, p))
+                return 0;
+
+        /* The prefix in place: streams end to end from the first compressed cluster. */
+        for (size_t i = 0; i < img->nb_streams && first == SIZE_MAX; i++)
+                if (!bm_get(p->scopied, i))
+                        first = i;
+        if (first == SIZE_MAX)
+                return 0;
+        /* from the first compressed cluster, or the free clusters right below it */
+        uint64_t z0 = cluster_of(img, img->streams[first].off);
+        while (z0 > 1 && img->refcount[z0 - 1] == 0 && img->kind[z0 - 1] == CK_FREE &&
+               qcow2_rc_covered(img, z0 - 1))
+                z0--;
+        t = offset_of(img, z0);
+        for (size_t i = first; i < img->nb_streams; i++) {
+                const Stream *st = &img->streams[i];
+                if (bm_get(p->scopied, i))
+                        continue;
+                if (f == SIZE_MAX) {
+                        uint64_t pos = t;
+                        if (!p->xlen[i]) { /* whole range: keep its sector phase */
+                                pos = (t & ~(uint64_t) 511) + (st->off & 511);
+                                if (pos < t)
+                                        pos += 512;
+                        }
+                        if (st->off == pos) {
+                                t = pos + stream_bytes(img, p, i);
+                                continue;
+                        }
+                        f = i;
+                }
+                rest += stream_bytes(img, p, i);
+        }
+        if (f == SIZE_MAX)
+                return 0; /* dense already */
+        rc0 = cluster_of(img, t);
+        rc1 = cluster_of(img, t + rest - 1) + 1;
+
+        /* 1. Evict what is not compressed from the region. */
+        bool evict = false;
+        for (uint64_t c = rc0; c < rc1 && c < img->nb_clusters && !evict; c++)
+                evict = img->refcount[c] > 0 && img->kind[c] != CK_FREE &&
+                        img->kind[c] != CK_COMPRESSED;
+        if (evict) {
+                p->n = rc0;
+                p->mend = p->xhi = rc1;
+                p->xlo = rc0;
+                missing = plan_try(img, p);
+                if (missing < 0)
+                        return (int) missing;
+                if (missing > 0)
+                        plan_nothing(img, p);
+                return 0;
+        }
+
+        taken = calloc(DIV_ROUND_UP(img->nb_clusters, 8) + 1, 1);
+        if (!taken)
+                return -ENOMEM;
+        k.taken = taken;
+        k.n = img->nb_clusters;
+
+        /* 2. Slide into the gap in front of R: below the cluster of its first stream. */
+        uint64_t lim = offset_of(img, cluster_of(img, img->streams[f].off));
+        gap = lim > t ? lim - t : 0;
+        uint64_t slid = 0;
+        if (gap > 0) {
+                for (uint64_t c = cluster_of(img, lim); c < img->nb_clusters; c++)
+                        bm_set(taken, c); /* never at or past the first source */
+                if (t % img->cluster_size) {
+                        k.pc = cluster_of(img, t);
+                        k.pc_sum = img->refcount[k.pc];
+                }
+                k.cur = t;
+                for (size_t i = f; i < img->nb_streams; i++) {
+                        if (bm_get(p->scopied, i))
+                                continue;
+                        uint64_t pos = k.cur;
+                        if (!p->xlen[i]) {
+                                pos = (pos & ~(uint64_t) 511) + (img->streams[i].off & 511);
+                                if (pos < k.cur)
+                                        pos += 512;
+                        }
+                        r = pk_try(img, p, &k, i, pos);
+                        if (r < 0)
+                                return r;
+                        if (r == 0)
+                                break;
+                        slid += stream_bytes(img, p, i);
+                }
+                if (slid > 0 && t % img->cluster_size && img->refcount[cluster_of(img, t)] > 0)
+                        bm_set(p->ptail, cluster_of(img, t)); /* its dead tail takes streams */
+        }
+
+        /* 3. Park, when the gap took little of what the free clusters past the region hold. */
+        uint64_t room = 0;
+        for (uint64_t c = rc1; c < img->nb_clusters; c++)
+                room += img->refcount[c] == 0 && img->kind[c] == CK_FREE &&
+                        qcow2_rc_covered(img, c);
+        room *= img->cluster_size;
+        if (slid > 0 && (slid >= rest || slid * 16 >= MIN(room, rest)))
+                goto done;
+        plan_nothing(img, p);
+        memset(taken, 0, DIV_ROUND_UP(img->nb_clusters, 8) + 1);
+        for (uint64_t c = 0; c < rc1 && c < img->nb_clusters; c++)
+                bm_set(taken, c);
+        k.pc = UINT64_MAX;
+        k.pc_sum = k.cur = 0;
+        k.scan = rc1;
+        k.nlog = 0;
+        k.use_tails = false;
+        for (size_t i = f; i < img->nb_streams; i++) {
+                if (bm_get(p->scopied, i))
+                        continue;
+                r = pk_place(img, p, &k, i);
+                if (r < 0)
+                        return r;
+                if (r == 0)
+                        break;
+        }
+done:
+        p->stream_clusters = k.nlog;
         return 0;
 }
 
@@ -1764,7 +1981,7 @@ static bool rewrite_l2(
                         qcow2_compressed_range(img, e, &coff, &clen);
                         size_t si = stream_find(img, coff, clen);
                         if (si == SIZE_MAX || !p->sdst || p->sdst[si] == UINT64_MAX) {
-                                if (cluster_of(img, coff + clen - 1) >= p->n) {
+                                if (!p->repack && cluster_of(img, coff + clen - 1) >= p->n) {
                                         /* a stream past the end with no place */
                                         *err = -EUCLEAN;
                                         *pj = j;
@@ -1792,7 +2009,7 @@ static bool rewrite_l2(
                         uint64_t c = cluster_of(img, e & L2E_OFFSET_MASK);
                         m = plan_find(p, c);
                         if (!m) {
-                                if (c >= p->n) {
+                                if (must_move(p, c)) {
                                         /* a referenced cluster past the end with no place */
                                         *err = -EUCLEAN;
                                         *pj = j;
@@ -1952,7 +2169,7 @@ static int move_bitmap_data(Qcow2Image *img, Plan *p, uint8_t *buf, RelocResult 
                 lo[i] = UINT64_MAX;
                 for (uint64_t k = 0; bm->table && k < bm->table_size; k++) {
                         uint64_t c = cluster_of(img, bm->table[k] & BME_OFFSET_MASK);
-                        if (!(bm->table[k] & BME_OFFSET_MASK) || c < p->n)
+                        if (!(bm->table[k] & BME_OFFSET_MASK) || !must_move(p, c))
                                 continue;
                         Move *m = plan_find(p, c);
                         if (!m)
@@ -2002,7 +2219,7 @@ static int move_l2_tables(Qcow2Image *img, Plan *p, uint8_t *buf, RelocResult *r
                 L1Ref *ref = &img->l1refs[i];
                 Move *m = plan_find(p, ref->l2);
                 if (!m) {
-                        if (ref->l2 >= p->n)
+                        if (must_move(p, ref->l2))
                                 return -EUCLEAN;
                         continue;
                 }
@@ -2222,7 +2439,8 @@ static int move_refblocks(Qcow2Image *img, Plan *p, RelocResult *res) {
                 return -ENOMEM;
         for (uint64_t i = 0; i < img->reftable_entries; i++) {
                 uint64_t off = img->reftable[i] & REFT_OFFSET_MASK;
-                if (!off || cluster_of(img, off) < p->n || (i << img->rb_bits) >= p->n)
+                if (!off || !must_move(p, cluster_of(img, off)) ||
+                    (!p->repack && (i << img->rb_bits) >= p->n))
                         continue;
                 Move *m = plan_find(p, cluster_of(img, off));
                 if (!m)
@@ -2383,24 +2601,23 @@ static int release_tail(Qcow2Image *img, Plan *p, RelocResult *res) {
 }
 
 int qcow2_relocate(
-        Qcow2Image *img,
-        bool simulate,
-        bool last_pass,
-        uint64_t batch_bytes,
-        RelocResult *ret,
-        Qcow2Diag *diag) {
+        Qcow2Image *img, unsigned flags, uint64_t batch_bytes, RelocResult *ret, Qcow2Diag *diag) {
         _cleanup_(plan_done) Plan p = { 0 };
         _cleanup_free_ uint8_t *buf = NULL;
         RelocResult res = { 0 };
+        bool simulate = flags & QCOW2_RELOC_SIMULATE;
         int r;
 
         if (!img->walked)
                 return -EINVAL;
         /* a simulation (dry run, inspect) estimates a plain pass: no re-packing below its end */
-        r = plan_make(img, &p, last_pass || simulate);
+        if (flags & QCOW2_RELOC_REPACK)
+                r = plan_repack(img, &p);
+        else
+                r = plan_make(img, &p, (flags & QCOW2_RELOC_LAST_PASS) || simulate);
         if (r < 0)
                 return qcow2_diag(diag, r, "cannot plan the relocation: %s", strerror(-r));
-        res.new_end_clusters = p.n;
+        res.new_end_clusters = p.repack ? img->nb_clusters : p.n;
         res.optional_freed = p.optional_freed;
 
         if (simulate) {
@@ -2438,7 +2655,8 @@ int qcow2_relocate(
         STEP(move_runs_of(img, &p, RUN_BITMAP_DIR, &res), "the bitmap directory");
         STEP(move_refblocks(img, &p, &res), "refcount blocks");
         STEP(move_runs_of(img, &p, RUN_REFTABLE, &res), "the refcount table");
-        STEP(release_tail(img, &p, &res), "the tail");
+        if (!p.repack && !(flags & QCOW2_RELOC_KEEP_TAIL))
+                STEP(release_tail(img, &p, &res), "the tail");
         STEP(slen_cache_update(img, &p), "the tail");
 #undef STEP
         qcow2_progress(img, "move", 1, 1);
@@ -2715,6 +2933,7 @@ int qcow2_merge_twins(Qcow2Image *img, uint64_t *ret_merged, Qcow2Diag *diag) {
                 if (p.nb_moves > 0)
                         qsort(p.moves, p.nb_moves, sizeof(Move), cmp_move);
                 p.n = img->nb_clusters; /* nothing is past the end here */
+                p.mend = UINT64_MAX;
                 r = move_data(img, &p, 32u << 20, buf, &res);
                 if (r >= 0)
                         r = move_l2_tables(img, &p, buf, &res);
