@@ -2722,16 +2722,21 @@ static int read_stream(Qcow2Image *img, size_t i, uint8_t *buf) {
 }
 
 /*
- * Streams that hold the same bytes, one of them in over-counted clusters (an interrupted
- * re-pack leaves a stream counted exactly with the references not switched yet, and its copy
- * counted in full with the others): from the highest down, each is merged into the lowest
- * identical one that has room for its references on every cluster it touches. Fills p's
- * stream arrays (merges need no copy).
+ * Streams that hold the same bytes are merged: from the highest down, each into the lowest
+ * identical one (its L2 entries get that one's descriptor), so every content is stored once.
+ * That joins the halves of an interrupted re-pack (a stream counted exactly with the
+ * references not switched yet, and its copy counted in full with the others), and it makes
+ * the result independent of where an interruption left copies: an uninterrupted run and any
+ * re-run keep the same streams. A target whose clusters lack room for the merged references
+ * is raised first (raise[], applied by the caller before the switch); never past the refcount
+ * width. Fills p's stream arrays (merges need no copy).
  */
 static int merge_stream_twins(Qcow2Image *img, Plan *p, uint64_t *gain, size_t *ret_merged) {
         _cleanup_free_ SUnit *u = NULL;
-        _cleanup_free_ uint8_t *a = NULL, *b = NULL, *out = NULL;
+        _cleanup_free_ uint8_t *a = NULL, *b = NULL, *out = NULL, *win = NULL;
         size_t nu = 0, ns = img->nb_streams, merged = 0;
+        size_t wcap = MAX((size_t) COPY_CHUNK, (size_t) (2 * img->cluster_size + 512));
+        uint64_t wlo = 0, whi = 0;
         int r;
 
         *ret_merged = 0;
@@ -2746,32 +2751,30 @@ static int merge_stream_twins(Qcow2Image *img, Plan *p, uint64_t *gain, size_t *
         a = malloc(2 * img->cluster_size + 512);
         b = malloc(2 * img->cluster_size + 512);
         out = malloc(img->cluster_size);
+        win = malloc(wcap);
         if (!p->sdst || !p->sdlen || !p->scopied || !p->squeued || !p->xlen || !u || !a || !b ||
-            !out)
+            !out || !win)
                 return -ENOMEM;
-        /*
-         * Only an over-counted cluster has room for more references, but the twin of a stream
-         * in one may lie anywhere (the source of an interrupted re-pack is counted exactly):
-         * when some stream touches an over-counted cluster, every stream is a unit.
-         */
-        bool any = false;
+        /* Hash every stream, in large sequential reads (the streams are sorted by offset). */
         for (size_t i = 0; i < ns; i++) {
                 const Stream *s = &img->streams[i];
                 p->sdst[i] = UINT64_MAX;
-                for (uint64_t c = cluster_of(img, s->off);
-                     c <= stream_last_cluster(img, s) && c < img->nb_clusters;
-                     c++)
-                        any = any || bm_get(img->overcounted, c);
-        }
-        for (size_t i = 0; any && i < ns; i++) {
-                const Stream *s = &img->streams[i];
-                r = read_stream(img, i, a);
-                if (r < 0)
-                        return r;
+                if (s->off < wlo || s->off + s->len > whi) {
+                        wlo = s->off;
+                        whi = wlo + wcap;
+                        uint64_t avail = wlo < img->file_size ? MIN(wcap, img->file_size - wlo) : 0;
+                        if (avail > 0) {
+                                r = io_pread(img->io, win, avail, wlo);
+                                if (r < 0)
+                                        return r;
+                        }
+                        memset(win + avail, 0, wcap - avail);
+                }
+                const uint8_t *sb = win + (s->off - wlo);
                 size_t xl = 0;
-                if (qcow2_stream_length(img, a, s->len, out, &xl) < 0 || xl == 0 || xl > s->len)
+                if (qcow2_stream_length(img, sb, s->len, out, &xl) < 0 || xl == 0 || xl > s->len)
                         xl = s->len;
-                u[nu++] = (SUnit){ .i = i, .len = xl, .hash = fnv1a(a, xl) };
+                u[nu++] = (SUnit){ .i = i, .len = xl, .hash = fnv1a(sb, xl) };
         }
         if (nu < 2)
                 return 0;
@@ -2796,8 +2799,8 @@ static int merge_stream_twins(Qcow2Image *img, Plan *p, uint64_t *gain, size_t *
                                      fits && c <= stream_last_cluster(img, ts);
                                      c++)
                                         fits = c < img->nb_clusters &&
-                                                img->refcount[c] >=
-                                                        qcow2_refs_of(img, c) + gain[c] + xs->refs;
+                                                qcow2_refs_of(img, c) + gain[c] + xs->refs <=
+                                                        img->refcount_max;
                                 if (!fits)
                                         continue;
                                 if (!xread) {
@@ -2841,9 +2844,9 @@ int qcow2_merge_twins(Qcow2Image *img, uint64_t *ret_merged, Qcow2Diag *diag) {
         int r;
 
         *ret_merged = 0;
-        if (img->nb_oc == 0)
+        if (img->nb_oc == 0 && img->nb_streams == 0)
                 return 0;
-        units = calloc(img->nb_oc, sizeof(Unit));
+        units = calloc(img->nb_oc + 1, sizeof(Unit));
         if (!units)
                 return -ENOMEM;
         /* Units: over-counted data clusters and L2 tables (streams: merge_stream_twins). */
@@ -2930,6 +2933,36 @@ int qcow2_merge_twins(Qcow2Image *img, uint64_t *ret_merged, Qcow2Diag *diag) {
         if (r < 0)
                 return r;
         if (p.nb_moves > 0 || smerged > 0) {
+                /*
+                 * (A) merged streams' targets that lack room for the references they get
+                 * (identical streams that were not the halves of one move)
+                 */
+                bool raised = false;
+                for (uint64_t c = 0; smerged > 0 && c < img->nb_clusters; c++) {
+                        uint64_t want = qcow2_refs_of(img, c) + gain[c];
+                        if (gain[c] == 0 || img->kind[c] != CK_COMPRESSED ||
+                            img->refcount[c] >= want)
+                                continue;
+                        r = qcow2_rc_set(img, c, want);
+                        if (r < 0)
+                                return qcow2_diag(
+                                        diag,
+                                        r,
+                                        "merging identical streams failed: %s",
+                                        strerror(-r));
+                        raised = true;
+                }
+                if (raised) {
+                        r = qcow2_rc_write_dirty(img);
+                        if (r >= 0)
+                                r = qcow2_flush(img);
+                        if (r < 0)
+                                return qcow2_diag(
+                                        diag,
+                                        r,
+                                        "merging identical streams failed: %s",
+                                        strerror(-r));
+                }
                 if (p.nb_moves > 0)
                         qsort(p.moves, p.nb_moves, sizeof(Move), cmp_move);
                 p.n = img->nb_clusters; /* nothing is past the end here */
@@ -2939,7 +2972,7 @@ int qcow2_merge_twins(Qcow2Image *img, uint64_t *ret_merged, Qcow2Diag *diag) {
                         r = move_l2_tables(img, &p, buf, &res);
                 if (r < 0)
                         return qcow2_diag(
-                                diag, r, "merging interrupted copies failed: %s", strerror(-r));
+                                diag, r, "merging identical copies failed: %s", strerror(-r));
                 *ret_merged = p.nb_moves + smerged;
                 r = qcow2_walk(img, diag);
                 if (r < 0)

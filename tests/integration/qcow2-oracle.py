@@ -49,7 +49,8 @@ used_clusters_in_file, max_refcount, used_end (bytes: end of the highest cluster
   compressed: compressed_entries_all (all trees, per entry), compressed_host_clusters (distinct
   host clusters touched by compressed streams), compressed_zero_entries (distinct compressed
   descriptors that inflate to all zeros; null when they cannot be inflated here),
-  compressed_inflate_errors;
+  compressed_streams (distinct descriptors), compressed_distinct_contents (distinct inflated
+  clusters among them), compressed_inflate_errors;
   bitmaps: nb_bitmaps, bitmaps (list), bitmaps_consistent (autoclear bit 0),
   bitmap_directory_clusters, bitmap_table_clusters, bitmap_data_clusters;
   leaked_clusters / refcount_errors / references_past_eof (cross-check of refcounts against
@@ -668,12 +669,17 @@ def info(path):
     out["compressed_entries_all"] = compressed_all
     out["compressed_host_clusters"] = len(compressed_hosts)
     zc = errs = 0
+    contents = set()
     for e in compressed_descr:
         d = img.inflate(e)
         if d is None:
             errs += 1
         elif d == zero_cluster:
             zc += 1
+        if d is not None:
+            contents.add(hashlib.sha256(d).digest())
+    out["compressed_streams"] = len(compressed_descr)
+    out["compressed_distinct_contents"] = len(contents)
     out["compressed_inflate_errors"] = errs
     live = sum(img.stream_length(e) for e in compressed_descr)
     out["compressed_live_bytes"] = live

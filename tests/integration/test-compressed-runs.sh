@@ -17,11 +17,12 @@ with open(sys.argv[1], "wb") as f:
 }
 
 # ---- the smallest case, 64 KiB clusters (host clusters in brackets):
-#   2 normal clusters of zeros [5, 6]; 8 compressed half-random clusters [7-11, one run];
-#   a normal data cluster [12]; 4 normal clusters of zeros [13-16]
-#   -> the zeros go: holes 5, 6 and the tail; 12 moves into 5; the run 7-11 (dead bytes in
-#      its last cluster) is re-packed through the free tail (scratch) and, in the next pass,
-#      down next to the rest: 11 clusters, min_clusters_packed (whole-run moves ended at 12)
+#   2 normal clusters of zeros [5, 6]; 8 compressed half-random clusters [7-11, one run],
+#   all eight the same bytes; a normal data cluster [12]; 4 normal clusters of zeros [13-16]
+#   -> the eight identical streams are merged into one (all eight entries name it); the
+#      zeros go: holes 5, 6 and the tail; 12 moves into 5; the stream moves down next to the
+#      rest: 7 clusters, min_clusters_packed (without the merge 11; whole-run moves ended at
+#      12)
 CS=65536
 img=$T/small.qcow2
 halfrandom "$T/half.bin" $CS 1
@@ -37,7 +38,9 @@ expect_eq "small: compressed entries" "$(jget "$T/r.json" compressed_entries)" 8
 expect_eq "small: normal all-zero clusters" "$(jget "$T/r.json" zero_content_clusters)" 6
 expect_eq "small: clusters before" "$(jget "$T/r.json" file_clusters)" 17
 MIN_KEY=min_clusters_packed compact_verify_views "$img" 1 1
-expect_eq "small: clusters after" $(($(file_size "$img") / CS)) 11
+expect_eq "small: clusters after" $(($(file_size "$img") / CS)) 7
+expect_eq "small: compressed entries after" "$(jget "$T/after.json" compressed_entries)" 8
+expect_eq "small: streams after" "$(jget "$T/after.json" compressed_streams)" 1
 qio "$img" "read -P 0 0 $((2 * CS))" "read -P 0x77 $((10 * CS)) $CS" \
         "read -P 0 $((11 * CS)) $((4 * CS))"
 
@@ -84,6 +87,10 @@ EOF
         # moves at 16)
         MIN_KEY=min_clusters_packed compact_verify_views "$img" 3 1
         expect_eq "$what: compressed entries after" "$(jget "$T/after.json" compressed_entries)" 19
+        # every content once: as many streams as distinct inflated clusters
+        expect_eq "$what: streams after vs distinct contents" \
+                "$(jget "$T/after.json" compressed_streams)" \
+                "$(jget "$T/after.json" compressed_distinct_contents)"
         log "$what: min_clusters $(jget "$T/after.json" min_clusters), min_clusters_whole $(jget "$T/after.json" min_clusters_whole), min_clusters_packed $(jget "$T/after.json" min_clusters_packed)"
 }
 
@@ -115,6 +122,9 @@ qemu-img convert -c -S 0 -f raw -O qcow2 -o cluster_size=512,compression_type=zs
 qio "$img" "discard 20K 40K" "write -P 0 100K 20K" "write -P 0x33 200K 4K"
 MIN_KEY=min_clusters_packed compact_verify_views "$img" 8
 expect_eq "zstd/512: clusters after" $(($(file_size "$img") / 512)) 179
+expect_eq "zstd/512: streams after vs distinct contents" \
+        "$(jget "$T/after.json" compressed_streams)" \
+        "$(jget "$T/after.json" compressed_distinct_contents)"
 # a second run finds nothing to do
 cp "$img" "$T/z512.again"
 run_compact "$img"
