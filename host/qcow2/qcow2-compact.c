@@ -282,6 +282,7 @@ static int compact_run(
         bool walked = !(z.clusters_zeroed > 0 || z.l2_tables_freed > 0);
         for (int round = 0; round < 2; round++) {
                 uint64_t end = img->nb_clusters;
+                img->scratch_end = 0;
                 for (int pass = 0; pass < MAX_PASSES; pass++) {
                         uint64_t before = img->nb_clusters;
                         unsigned last = pass == MAX_PASSES - 1 ? QCOW2_RELOC_LAST_PASS : 0;
@@ -292,6 +293,9 @@ static int compact_run(
                         /* Re-packing below the end frees clusters only the next pass can use. */
                         bool shrank = keep ? rr.new_end_clusters < end : img->nb_clusters < before;
                         end = MIN(end, rr.new_end_clusters);
+                        /* as if this pass had truncated: no scratch past its end */
+                        if (keep)
+                                img->scratch_end = rr.new_end_clusters;
                         if ((rr.clusters_moved == 0 && rr.bytes_moved == 0) ||
                             (!shrank && !rr.optional_freed))
                                 break;
@@ -299,6 +303,7 @@ static int compact_run(
                 if (!compressed || round > 0)
                         break;
                 /* The re-pack, step by step, each planned from the image as it is then. */
+                img->scratch_end = 0;
                 int step;
                 for (step = 0; step < MAX_REPACK_STEPS; step++) {
                         r = relocate_step(img, QCOW2_RELOC_REPACK, true, opts, &st, &rr, diag);
@@ -332,6 +337,7 @@ int qcow2_compact(
         if (img) {
                 img->slen_cache = mfree(img->slen_cache);
                 img->nb_slen_cache = 0;
+                img->scratch_end = 0;
         }
 
         /*

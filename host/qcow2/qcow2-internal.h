@@ -224,6 +224,11 @@ struct Qcow2Image {
          */
         Stream *slen_cache;
         size_t nb_slen_cache;
+        /*
+         * Where the file would end had the last pass truncated it (passes that keep the tail,
+         * see qcow2-compact.c): the planner uses no scratch space past it; 0: the file's end.
+         */
+        uint64_t scratch_end;
         uint8_t *overcounted; /* bitmap: refcount above the references (kept as is) */
         struct {
                 uint64_t cluster;

@@ -29,6 +29,9 @@
 #include "qcow2-internal.h"
 
 #define COPY_CHUNK (4u << 20)
+/* The re-pack runs when it copies at most this much, or this many bytes per byte it frees. */
+#define REPACK_BUDGET (64ULL << 20)
+#define REPACK_RATIO 64
 #define COPY_AHEAD (32u << 20)
 
 /* A cluster or a run of compressed clusters moving from src to dst. */
@@ -96,6 +99,7 @@ typedef struct Plan {
          */
         bool repack;
         uint64_t mend, xlo, xhi;
+        uint64_t fend; /* the file's end for scratch space (see Qcow2Image.scratch_end) */
 } Plan;
 
 /* Must cluster c leave in this pass (it is at or past the end, or in the re-pack zone)? */
@@ -687,7 +691,7 @@ static int plan_optional(Qcow2Image *img, Plan *p, Packer *k) {
          * it down into the clusters it left, next to the others.
          */
         uint64_t min_gain = n > p->lower_bound && !p->consolidate ? 0 : 1;
-        k->n = img->nb_clusters;
+        k->n = p->fend;
         if (p->consolidate) {
                 /*
                  * One contiguous region if the file has one that holds them all: streams only
@@ -1328,6 +1332,7 @@ static int plan_make(Qcow2Image *img, Plan *p, bool last_pass) {
         int r;
 
         *p = (Plan){ .no_optional = last_pass, .mend = UINT64_MAX };
+        p->fend = img->scratch_end ? MIN(img->scratch_end, img->nb_clusters) : img->nb_clusters;
         p->dropped = calloc(DIV_ROUND_UP(img->reftable_entries, 8) + 1, 1);
         if (!p->dropped)
                 return -ENOMEM;
@@ -1360,7 +1365,7 @@ static int plan_make(Qcow2Image *img, Plan *p, bool last_pass) {
         for (size_t k = 0; k < p->nb_cruns; k++)
                 comp += p->cruns[k].n;
         if (!last_pass && p->nb_cruns > 0 && comp > DIV_ROUND_UP(packed, img->cluster_size)) {
-                p->n = img->nb_clusters;
+                p->n = p->fend;
                 p->consolidate = true;
                 missing = plan_try(img, p);
                 p->consolidate = false;
@@ -1384,7 +1389,7 @@ static int plan_make(Qcow2Image *img, Plan *p, bool last_pass) {
         if (missing < 0)
                 return (int) missing;
         if (missing > 0) {
-                uint64_t lo = p->n, hi = img->nb_clusters; /* lo fails, hi works */
+                uint64_t lo = p->n, hi = MAX(p->fend, lo + 1); /* lo fails, hi works */
                 while (hi - lo > 1) {
                         p->n = lo + (hi - lo) / 2;
                         missing = plan_fit(img, p);
@@ -1396,7 +1401,7 @@ static int plan_make(Qcow2Image *img, Plan *p, bool last_pass) {
                                 lo = p->n;
                 }
                 p->n = hi;
-                if (hi >= img->nb_clusters) {
+                if (hi >= p->fend) {
                         /*
                          * Nothing past the end can move; keep the file as it is, but re-pack
                          * runs with dead bytes below it if that frees clusters for a next pass.
@@ -1432,7 +1437,7 @@ static int plan_make(Qcow2Image *img, Plan *p, bool last_pass) {
                 p->nb_moves = 0;
                 for (size_t k = 0; k < p->nb_runs; k++)
                         p->runs[k].move = false;
-                p->n = img->nb_clusters;
+                p->n = p->fend;
         }
 
         /*
@@ -1513,7 +1518,8 @@ static void plan_nothing(Qcow2Image *img, Plan *p) {
  *      region hold are copied there; that widens the gap in front of the next stream, and the
  *      parked streams come last in file order, to slide in a later step.
  * Every step is an ordinary relocation (the same A/B/C/D barriers); each moves something or
- * the re-pack stops. Plans nothing when the file has no room (it never grows).
+ * the re-pack stops. Plans nothing when the file has no room (it never grows), or when the
+ * copies would cost more than REPACK_BUDGET and more than REPACK_RATIO times what it frees.
  */
 static int plan_repack(Qcow2Image *img, Plan *p) {
         _cleanup_free_ uint8_t *taken = NULL;
@@ -1542,7 +1548,8 @@ static int plan_repack(Qcow2Image *img, Plan *p) {
         for (uint64_t c = 0; c < img->nb_clusters; c++)
                 if (img->refcount[c] > 0 && img->kind[c] != CK_FREE && img->kind[c] != CK_REFBLOCK)
                         end = c + 1;
-        if (end <= plan_lower_bound(img, p))
+        uint64_t lb = plan_lower_bound(img, p);
+        if (end <= lb)
                 return 0;
 
         /* The prefix in place: streams end to end from the first compressed cluster. */
@@ -1582,10 +1589,18 @@ static int plan_repack(Qcow2Image *img, Plan *p) {
         rc1 = cluster_of(img, t + rest - 1) + 1;
 
         /* 1. Evict what is not compressed from the region. */
-        bool evict = false;
-        for (uint64_t c = rc0; c < rc1 && c < img->nb_clusters && !evict; c++)
-                evict = img->refcount[c] > 0 && img->kind[c] != CK_FREE &&
+        uint64_t evict = 0;
+        for (uint64_t c = rc0; c < rc1 && c < img->nb_clusters; c++)
+                evict += img->refcount[c] > 0 && img->kind[c] != CK_FREE &&
                         img->kind[c] != CK_COMPRESSED;
+        /*
+         * Worth it? At most every byte behind the prefix is copied twice (parked, then slid).
+         * Always when that is little I/O; else only when it is small against what it frees.
+         * The cost only falls as the steps go on, so a re-pack that starts goes to its end.
+         */
+        uint64_t cost = 2 * (rest + evict * img->cluster_size);
+        if (cost > REPACK_BUDGET && cost / REPACK_RATIO > (end - lb) * img->cluster_size)
+                return 0;
         if (evict) {
                 p->n = rc0;
                 p->mend = p->xhi = rc1;
@@ -2690,9 +2705,17 @@ static int read_unit(Qcow2Image *img, const Unit *u, uint8_t *buf) {
         return avail ? io_pread(img->io, buf, avail, off) : 0;
 }
 
-static uint64_t fnv1a(const uint8_t *p, size_t n) {
-        uint64_t h = 0xcbf29ce484222325ULL;
-        for (size_t i = 0; i < n; i++)
+/* A 64-bit hash for grouping candidates (FNV-1a's prime, eight bytes at a time). */
+static uint64_t hash_bytes(const uint8_t *p, size_t n) {
+        uint64_t h = 0xcbf29ce484222325ULL ^ n;
+        size_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+                uint64_t w;
+                memcpy(&w, p + i, 8);
+                h = (h ^ w) * 0x100000001b3ULL;
+                h ^= h >> 29;
+        }
+        for (; i < n; i++)
                 h = (h ^ p[i]) * 0x100000001b3ULL;
         return h;
 }
@@ -2755,7 +2778,13 @@ static int merge_stream_twins(Qcow2Image *img, Plan *p, uint64_t *gain, size_t *
         if (!p->sdst || !p->sdlen || !p->scopied || !p->squeued || !p->xlen || !u || !a || !b ||
             !out || !win)
                 return -ENOMEM;
-        /* Hash every stream, in large sequential reads (the streams are sorted by offset). */
+        /*
+         * Hash every stream, in large sequential reads (the streams are sorted by offset), and
+         * remember the exact lengths for the first pass's planner (see slen_cache_update).
+         */
+        _cleanup_free_ Stream *cache = calloc(ns, sizeof(Stream));
+        if (!cache)
+                return -ENOMEM;
         for (size_t i = 0; i < ns; i++) {
                 const Stream *s = &img->streams[i];
                 p->sdst[i] = UINT64_MAX;
@@ -2772,10 +2801,19 @@ static int merge_stream_twins(Qcow2Image *img, Plan *p, uint64_t *gain, size_t *
                 }
                 const uint8_t *sb = win + (s->off - wlo);
                 size_t xl = 0;
-                if (qcow2_stream_length(img, sb, s->len, out, &xl) < 0 || xl == 0 || xl > s->len)
+                const Stream *known = slen_cache_find(img, s->off, s->len);
+                if (known)
+                        xl = known->refs == UINT32_MAX ? 0 : known->refs;
+                else if (qcow2_stream_length(img, sb, s->len, out, &xl) < 0 || xl > s->len)
+                        xl = 0;
+                cache[i] = (Stream){ .off = s->off, .len = s->len, .refs = xl ? xl : UINT32_MAX };
+                if (xl == 0)
                         xl = s->len;
-                u[nu++] = (SUnit){ .i = i, .len = xl, .hash = fnv1a(sb, xl) };
+                u[nu++] = (SUnit){ .i = i, .len = xl, .hash = hash_bytes(sb, xl) };
         }
+        free(img->slen_cache); /* sorted like the streams */
+        img->slen_cache = TAKE_PTR(cache);
+        img->nb_slen_cache = ns;
         if (nu < 2)
                 return 0;
         qsort(u, nu, sizeof(SUnit), cmp_sunit);
@@ -2868,7 +2906,7 @@ int qcow2_merge_twins(Qcow2Image *img, uint64_t *ret_merged, Qcow2Diag *diag) {
                 r = read_unit(img, &units[i], a);
                 if (r < 0)
                         return r;
-                units[i].hash = fnv1a(a, units[i].n * img->cluster_size);
+                units[i].hash = hash_bytes(a, units[i].n * img->cluster_size);
         }
         qsort(units, nu, sizeof(Unit), cmp_unit);
 
