@@ -1327,12 +1327,10 @@ static uint64_t plan_lower_bound(const Qcow2Image *img, const Plan *p) {
         return MIN(n, img->nb_clusters);
 }
 
-static int plan_make(Qcow2Image *img, Plan *p, bool last_pass) {
-        int64_t missing;
+/* What every plan starts from: the table runs and the compressed streams with their lengths. */
+static int plan_init(Qcow2Image *img, Plan *p) {
         int r;
 
-        *p = (Plan){ .no_optional = last_pass, .mend = UINT64_MAX };
-        p->fend = img->scratch_end ? MIN(img->scratch_end, img->nb_clusters) : img->nb_clusters;
         p->dropped = calloc(DIV_ROUND_UP(img->reftable_entries, 8) + 1, 1);
         if (!p->dropped)
                 return -ENOMEM;
@@ -1342,8 +1340,16 @@ static int plan_make(Qcow2Image *img, Plan *p, bool last_pass) {
         for (size_t k = 0; k < p->nb_runs; k++)
                 if (p->runs[k].src + p->runs[k].n > img->nb_clusters)
                         return -EUCLEAN;
+        return plan_streams_init(img, p);
+}
 
-        r = plan_streams_init(img, p);
+static int plan_make(Qcow2Image *img, Plan *p, bool last_pass) {
+        int64_t missing;
+        int r;
+
+        *p = (Plan){ .no_optional = last_pass, .mend = UINT64_MAX };
+        p->fend = img->scratch_end ? MIN(img->scratch_end, img->nb_clusters) : img->nb_clusters;
+        r = plan_init(img, p);
         if (r < 0)
                 return r;
 
@@ -1530,16 +1536,7 @@ static int plan_repack(Qcow2Image *img, Plan *p) {
         int r;
 
         *p = (Plan){ .no_optional = true, .repack = true, .n = img->nb_clusters };
-        p->dropped = calloc(DIV_ROUND_UP(img->reftable_entries, 8) + 1, 1);
-        if (!p->dropped)
-                return -ENOMEM;
-        r = collect_runs(img, p);
-        if (r < 0)
-                return r;
-        for (size_t q = 0; q < p->nb_runs; q++)
-                if (p->runs[q].src + p->runs[q].n > img->nb_clusters)
-                        return -EUCLEAN;
-        r = plan_streams_init(img, p);
+        r = plan_init(img, p);
         if (r < 0)
                 return r;
         if (p->nb_cruns == 0)

@@ -9,6 +9,7 @@ command -v qemu-img >/dev/null && command -v qemu-io >/dev/null || exit 77
 # Hundreds of small state files are written and checked: keep them in memory when possible.
 scratch=${TMPDIR:-/tmp}
 [ -d /dev/shm ] && [ -w /dev/shm ] && scratch=/dev/shm
+here=$(cd "$(dirname "$0")" && pwd)
 dir=$(mktemp -d "$scratch/reclaim-crash.XXXXXX")
 trap 'rm -rf "$dir"' EXIT
 cd "$dir"
@@ -33,20 +34,7 @@ mk_interleaved() { # size cluster_size pieces [create opts]
 # Compressed clusters that straddle host clusters: in every 5 clusters one of zeros, one of a
 # pattern, three half random (streams of about half a cluster), written with convert -c.
 mk_compressed() { # cluster_size clusters compression_type
-        python3 - raw.img "$1" "$2" <<'EOF'
-import random, sys
-cs, n = int(sys.argv[2]), int(sys.argv[3])
-rnd = random.Random(cs * 7 + n)
-with open(sys.argv[1], "wb") as f:
-    for i in range(n):
-        k = i % 5
-        if k == 0:
-            f.write(bytes(cs))
-        elif k == 1:
-            f.write(bytes([i % 251 + 1]) * cs)
-        else:
-            f.write(rnd.randbytes(cs // 2) + bytes([k]) * (cs - cs // 2))
-EOF
+        python3 "$here/mk-pattern-raw.py" raw.img "$1" "$2"
         qemu-img convert -c -S 0 -f raw -O qcow2 -o cluster_size="$1",compression_type="$3" raw.img img.qcow2
         rm -f raw.img
 }

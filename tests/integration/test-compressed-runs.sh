@@ -102,20 +102,8 @@ run 4096 zstd
 # tables and data clusters that nothing past the end would move. The passes alone ended 4
 # clusters above the minimum (183 for 179); the re-pack evicts those clusters from the
 # compressed zone and slides the streams into one region: exactly min_clusters_packed.
-python3 - "$T/z.raw" <<'EOF2' || fail "cannot write the source"
-import random, sys
-cs, n = 512, 600
-rnd = random.Random(cs * 7 + n)
-with open(sys.argv[1], "wb") as f:
-    for i in range(n):
-        k = i % 5
-        if k == 0:
-            f.write(bytes(cs))
-        elif k == 1:
-            f.write(bytes([i % 251 + 1]) * cs)
-        else:
-            f.write(rnd.randbytes(cs // 2) + bytes([k]) * (cs - cs // 2))
-EOF2
+python3 "$(dirname "$0")/../crash/mk-pattern-raw.py" "$T/z.raw" 512 600 ||
+        fail "cannot write the source"
 img=$T/z512.qcow2
 qemu-img convert -c -S 0 -f raw -O qcow2 -o cluster_size=512,compression_type=zstd \
         "$T/z.raw" "$img" || fail "qemu-img convert -c zstd/512"
